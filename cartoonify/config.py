@@ -1,0 +1,330 @@
+"""Typed run configuration.
+
+:class:`TrainConfig` holds every setting of a DreamBooth run. Its defaults are the settings of the
+write-up this package reproduces (Stable Diffusion v1.5, ~200 style images, prior preservation with
+1000 class images, text encoder trained, 8-bit AdamW at a constant 1e-6, fp16, 4000 steps, a checkpoint
+and validation images every 500 steps, seed 42).
+
+Configs round-trip through YAML and JSON. Unknown keys and values of the wrong type are refused with the
+key named, in the spirit of nanoGPT's configurator but without ``exec``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+PRIOR_PRECISIONS = ("no", "fp32", "fp16", "bf16")
+LR_SCHEDULERS = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+)
+
+
+class YamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-6`` as a float (YAML 1.1 requires ``1.0e-6``)."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, or its value has the wrong type or an invalid value."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one DreamBooth run; the defaults are the write-up's.
+
+    Paths are used as given (relative paths are relative to the working directory of the process).
+    """
+
+    # --- model -----------------------------------------------------------------------------------
+    pretrained_model: str = DEFAULT_MODEL  # hub id, local diffusers folder, or "embedded:tiny"
+    revision: str = "main"
+    variant: Optional[str] = "fp16"  # weight variant; ignored for local folders that lack it
+
+    # --- data ------------------------------------------------------------------------------------
+    instance_dir: str = "data/disney"  # the ~200 style images (captions: optional <image>.txt)
+    class_dir: str = "data/style_ddim"  # class images for prior preservation (topped up if short)
+    instance_prompt: str = "an illustration, Disney style"  # used where an image has no caption
+    class_prompt: str = "an illustration"  # the instance prompt without the style phrase
+    num_class_images: int = 1000
+    with_prior_preservation: bool = True
+    prior_loss_weight: float = 1.0
+    resolution: int = 512
+    center_crop: bool = True
+    sample_batch_size: int = 4  # batch size of class-image generation
+    class_inference_steps: int = 50  # denoising steps per class image (the pipeline's default)
+    class_scheduler: Optional[str] = None  # sampler of class images; None: the model's own (PNDM)
+
+    # --- training --------------------------------------------------------------------------------
+    train_text_encoder: bool = True
+    train_batch_size: int = 4  # instance images per step (as many class images are added)
+    max_train_steps: int = 4000  # optimizer steps; governs over epochs, as in diffusers' script
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    set_grads_to_none: bool = True
+    dataloader_num_workers: int = 0
+
+    # --- optimizer -------------------------------------------------------------------------------
+    use_8bit_adam: bool = True
+    learning_rate: float = 1e-6
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+
+    # --- checkpoints and logs --------------------------------------------------------------------
+    output_dir: str = "outputs/disney"  # the run folder, outputs/<run>
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: Optional[int] = None  # keep at most this many checkpoints (None: all)
+    resume_from_checkpoint: Optional[str] = None  # "latest", a checkpoint folder name, or None
+    logging_dir: str = "logs"  # inside the run folder
+    report_to: str = "tensorboard"  # "tensorboard" or "none"
+
+    # --- precision -------------------------------------------------------------------------------
+    mixed_precision: str = "fp16"  # "no", "fp16", "bf16"; fp16 falls back to fp32 on CPU
+    prior_generation_precision: str = "fp16"  # dtype of class-image generation (fp32 on CPU)
+
+    # --- validation ------------------------------------------------------------------------------
+    validation_prompt: str = "a person, Disney style"
+    num_validation_images: int = 4
+    validation_scheduler: str = "PNDMScheduler"  # any diffusers scheduler class or registry name
+    validation_inference_steps: int = 25  # as in diffusers' DreamBooth script
+    validation_guidance_scale: float = 7.5
+    save_final_pipeline: bool = True  # write outputs/<run>/pipeline/ at the end
+
+    seed: int = 42
+
+    # --------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every field, in declaration order."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Build a config from a dict, refusing unknown keys and wrong types (the key is named)."""
+        return _from_dict(cls, data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        """Load a YAML (``.yaml``/``.yml``) or JSON file."""
+        return cls.from_dict(load_mapping(path))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the config as YAML or JSON, chosen by the file's suffix."""
+        return save_mapping(self.to_dict(), path)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with some fields changed, type-checked like :meth:`from_dict`."""
+        return self.from_dict({**self.to_dict(), **changes})
+
+    def validate(self) -> "TrainConfig":
+        """Check values that a type alone cannot (choices, positive counts). Returns self."""
+        _check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
+        _check_choice("prior_generation_precision", self.prior_generation_precision, PRIOR_PRECISIONS)
+        _check_choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
+        _check_choice("report_to", self.report_to, ("tensorboard", "none"))
+        for key in (
+            "resolution",
+            "train_batch_size",
+            "max_train_steps",
+            "gradient_accumulation_steps",
+            "checkpointing_steps",
+            "sample_batch_size",
+            "class_inference_steps",
+            "validation_inference_steps",
+        ):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key '{key}' must be >= 1, got {getattr(self, key)!r}")
+        for key in ("num_class_images", "num_validation_images", "lr_warmup_steps", "dataloader_num_workers"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"config key '{key}' must be >= 0, got {getattr(self, key)!r}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"config key 'learning_rate' must be > 0, got {self.learning_rate!r}")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise ConfigError("config key 'checkpoints_total_limit' must be >= 1 or null")
+        if self.resolution % 8:
+            raise ConfigError(f"config key 'resolution' must be a multiple of 8, got {self.resolution}")
+        from .schedulers import resolve_scheduler  # local: schedulers imports diffusers
+
+        for key in ("validation_scheduler", "class_scheduler"):
+            if getattr(self, key) is not None:
+                try:
+                    resolve_scheduler(getattr(self, key))
+                except KeyError as err:
+                    raise ConfigError(f"config key '{key}': {err.args[0]}") from None
+        return self
+
+
+# ------------------------------------------------------------------------------------------------
+# (de)serialisation helpers, shared by every config dataclass of the package
+# ------------------------------------------------------------------------------------------------
+
+
+def _check_choice(key: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"config key '{key}' must be one of {list(choices)}, got {value!r}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def coerce(key: str, value: Any, tp: Any) -> Any:
+    """Return ``value`` checked against the annotation ``tp``; raise :class:`ConfigError` naming ``key``.
+
+    ``int`` is accepted where ``float`` is declared (and converted); ``bool`` is never taken for a number
+    nor a number for a ``bool``; ``Optional[X]`` admits ``None``.
+    """
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(key, value, arg)
+            except ConfigError as err:
+                errors.append(err)
+        raise ConfigError(
+            f"config key '{key}' expects {' or '.join(_type_name(a) for a in args)}, "
+            f"got {type(value).__name__} {value!r}"
+        )
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' expects a list, got {type(value).__name__} {value!r}")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        items = [coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+        return origin(items)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(value, tp):
+        return value
+    raise ConfigError(f"config key '{key}' expects {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _from_dict(cls: type, data: dict[str, Any]):
+    if not isinstance(data, dict):
+        raise ConfigError(f"a {cls.__name__} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {unknown[0]!r} for {cls.__name__}"
+            + (f" (also: {', '.join(map(repr, unknown[1:]))})" if len(unknown) > 1 else "")
+            + _did_you_mean(unknown[0], names)
+        )
+    values = {k: coerce(k, v, hints[k]) for k, v in data.items()}
+    return cls(**values)
+
+
+def _did_you_mean(key: str, names: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, names, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def load_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON mapping; a missing file or a non-mapping is an error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=YamlLoader)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot parse: {err}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def save_mapping(data: dict[str, Any], path: str | Path) -> Path:
+    """Write a mapping as JSON (``.json``) or YAML (anything else), atomically."""
+    from .utils import atomic_write_text
+
+    path = Path(path)
+    if path.suffix == ".json":
+        text = json.dumps(data, indent=2) + "\n"
+    else:
+        text = yaml.safe_dump(data, sort_keys=False)
+    atomic_write_text(path, text)
+    return path
+
+
+def parse_overrides(argv: list[str]) -> dict[str, Any]:
+    """Parse ``--key value`` / ``--key=value`` pairs; values are read as YAML scalars (``1e-4``, ``true``, ``null``)."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"expected --key value, got {arg!r}")
+        key = arg[2:]
+        if "=" in key:
+            key, raw = key.split("=", 1)
+        else:
+            if i + 1 >= len(argv):
+                raise ConfigError(f"config key '{key}' given without a value")
+            i += 1
+            raw = argv[i]
+        out[key.replace("-", "_")] = _yaml_scalar(raw)
+        i += 1
+    return out
+
+
+def _yaml_scalar(raw: str) -> Any:
+    try:
+        return yaml.load(raw, Loader=YamlLoader)
+    except yaml.YAMLError:
+        return raw

@@ -1,0 +1,285 @@
+"""Training data: image folders, captions, PIL/numpy transforms, the DreamBooth dataset and its sampler.
+
+Transforms follow diffusers' ``train_dreambooth.py`` (resize the shorter side with bilinear filtering,
+center or random crop, scale to [-1, 1]) but use PIL and numpy only: there is no CPU build of
+torchvision.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+class ImageLoadError(ValueError):
+    """An image file cannot be read or decoded; the message names the file."""
+
+
+class DataFolderError(FileNotFoundError):
+    """A data folder is missing or holds no images; the message names the folder and its role."""
+
+
+# ------------------------------------------------------------------------------------------------
+# folders and captions
+# ------------------------------------------------------------------------------------------------
+
+
+def list_images(folder: str | Path, role: str = "image folder") -> list[Path]:
+    """Image files under ``folder`` (recursively, hidden entries skipped), sorted by relative path.
+
+    Raises :class:`DataFolderError` naming ``role`` and the folder when it is missing or empty.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataFolderError(f"{role} does not exist or is not a folder: {folder}")
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    return files
+
+
+def require_images(folder: str | Path, role: str) -> list[Path]:
+    """:func:`list_images`, but an empty folder is an error too."""
+    files = list_images(folder, role)
+    if not files:
+        raise DataFolderError(f"{role} holds no images ({', '.join(IMAGE_EXTENSIONS)}): {folder}")
+    return files
+
+
+def caption_path(image_path: str | Path) -> Path:
+    """The optional caption file beside an image: ``photo.png`` -> ``photo.txt``."""
+    return Path(image_path).with_suffix(".txt")
+
+
+def read_caption(image_path: str | Path, default: str) -> str:
+    """The image's caption (its ``.txt`` beside it, stripped) or ``default`` if there is none or it is empty.
+
+    A caption is used verbatim as the image's whole training prompt, replacing the instance prompt.
+    """
+    path = caption_path(image_path)
+    if path.is_file():
+        text = " ".join(path.read_text(encoding="utf-8", errors="replace").split())
+        if text:
+            return text
+    return default
+
+
+# ------------------------------------------------------------------------------------------------
+# transforms (PIL + numpy)
+# ------------------------------------------------------------------------------------------------
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """Open an image, apply its EXIF orientation and convert it to RGB; errors name the file."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            img.load()
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageLoadError(f"cannot read image {path}: {err}") from err
+
+
+def resize_shorter_side(img: Image.Image, size: int, resample=Image.BILINEAR) -> Image.Image:
+    """Resize so that the shorter side is ``size`` (torchvision's ``Resize(size)`` rounding)."""
+    w, h = img.size
+    if min(w, h) == size:
+        return img
+    if w <= h:
+        new_w, new_h = size, int(size * h / w)
+    else:
+        new_w, new_h = int(size * w / h), size
+    return img.resize((new_w, new_h), resample=resample)
+
+
+def crop_square(img: Image.Image, size: int, center: bool = True, rng: np.random.Generator | None = None):
+    """Crop a ``size`` x ``size`` square: centered (torchvision's rounding) or at a random offset."""
+    w, h = img.size
+    if center or rng is None:
+        left = int(round((w - size) / 2.0))
+        top = int(round((h - size) / 2.0))
+    else:
+        left = int(rng.integers(0, w - size + 1))
+        top = int(rng.integers(0, h - size + 1))
+    return img.crop((left, top, left + size, top + size))
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float32 tensor (3, H, W) in [-1, 1]."""
+    arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+
+
+def to_pil(tensor: torch.Tensor) -> Image.Image:
+    """Inverse of :func:`to_tensor` (values clipped to [-1, 1])."""
+    arr = ((tensor.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().byte().cpu().numpy()
+    return Image.fromarray(arr.transpose(1, 2, 0))
+
+
+def load_training_image(
+    path: str | Path, resolution: int, center_crop: bool = True, rng: np.random.Generator | None = None
+) -> torch.Tensor:
+    """Read, resize, crop and normalise one training image to a (3, resolution, resolution) tensor."""
+    img = resize_shorter_side(open_rgb(path), resolution)
+    return to_tensor(crop_square(img, resolution, center=center_crop, rng=rng))
+
+
+# ------------------------------------------------------------------------------------------------
+# tokenisation
+# ------------------------------------------------------------------------------------------------
+
+
+def tokenize_prompts(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
+    """Token ids (N, model_max_length), padded and truncated as diffusers' ``tokenize_prompt``."""
+    return tokenizer(
+        list(prompts),
+        truncation=True,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        return_tensors="pt",
+    ).input_ids
+
+
+# ------------------------------------------------------------------------------------------------
+# dataset
+# ------------------------------------------------------------------------------------------------
+
+
+class DreamBoothDataset(torch.utils.data.Dataset):
+    """Instance images (with per-image prompts) paired with class images, as in diffusers' script.
+
+    The length is ``max(#instance, #class)``; item ``i`` holds instance image ``i % #instance`` and
+    class image ``i % #class``. The index may exceed the length: ``i // len`` is then the epoch, which
+    seeds the random crop when ``center_crop`` is off, so every epoch is reproducible.
+    """
+
+    def __init__(
+        self,
+        instance_dir: str | Path,
+        tokenizer,
+        instance_prompt: str,
+        resolution: int = 512,
+        center_crop: bool = True,
+        class_dir: str | Path | None = None,
+        class_prompt: str | None = None,
+        num_class_images: int | None = None,
+        seed: int = 0,
+    ):
+        self.resolution = resolution
+        self.center_crop = center_crop
+        self.seed = seed
+        self.instance_paths = require_images(instance_dir, "instance_dir")
+        self.instance_prompts = [read_caption(p, instance_prompt) for p in self.instance_paths]
+        self.instance_ids = tokenize_prompts(tokenizer, self.instance_prompts)
+        self.class_paths: list[Path] = []
+        if class_dir is not None:
+            self.class_paths = require_images(class_dir, "class_dir")
+            if num_class_images is not None:
+                self.class_paths = self.class_paths[:num_class_images]
+            self.class_ids = tokenize_prompts(tokenizer, [class_prompt or ""])[0]
+
+    @property
+    def with_prior_preservation(self) -> bool:
+        return bool(self.class_paths)
+
+    def __len__(self) -> int:
+        return max(len(self.instance_paths), len(self.class_paths))
+
+    def _rng(self, index: int, which: int) -> np.random.Generator | None:
+        if self.center_crop:
+            return None
+        return np.random.default_rng((self.seed, index, which))
+
+    def __getitem__(self, index: int) -> dict:
+        i = index % len(self.instance_paths)
+        example = {
+            "instance_pixels": load_training_image(
+                self.instance_paths[i], self.resolution, self.center_crop, self._rng(index, 0)
+            ),
+            "instance_ids": self.instance_ids[i],
+            "instance_index": i,
+        }
+        if self.class_paths:
+            j = index % len(self.class_paths)
+            example["class_pixels"] = load_training_image(
+                self.class_paths[j], self.resolution, self.center_crop, self._rng(index, 1)
+            )
+            example["class_ids"] = self.class_ids
+            example["class_index"] = j
+        return example
+
+
+def collate_examples(examples: list[dict], with_prior_preservation: bool) -> dict:
+    """Stack a batch; with prior preservation the class examples follow the instance ones (one forward)."""
+    pixels = [e["instance_pixels"] for e in examples]
+    ids = [e["instance_ids"] for e in examples]
+    if with_prior_preservation:
+        pixels += [e["class_pixels"] for e in examples]
+        ids += [e["class_ids"] for e in examples]
+    return {
+        "pixel_values": torch.stack(pixels).contiguous(),
+        "input_ids": torch.stack(ids),
+        "instance_index": torch.tensor([e["instance_index"] for e in examples]),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# sampler: the data order is a pure function of (seed, step), so a resumed run sees the same batches
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Endless batches of dataset indices; batch ``m`` depends only on ``(seed, m)``.
+
+    Each epoch is a fresh permutation from ``seed + epoch``, cut into batches of
+    ``batch_size * num_replicas`` (the last one may be smaller, as with ``drop_last=False``); a process
+    takes its ``rank``-th share. Iteration starts at batch ``start``, which is how training resumes
+    mid-epoch. Indices carry the epoch (``epoch * length + i``) for the dataset's random crops.
+    """
+
+    length: int
+    batch_size: int
+    seed: int = 0
+    start: int = 0
+    num_replicas: int = 1
+    rank: int = 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(self.length / (self.batch_size * self.num_replicas))
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The permutation of epoch ``epoch``."""
+        gen = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(self.length, generator=gen)
+
+    def batch(self, m: int) -> list[int]:
+        """The indices of batch ``m`` for this process."""
+        epoch, b = divmod(m, self.batches_per_epoch)
+        order = self.epoch_order(epoch)
+        size = self.batch_size * self.num_replicas
+        chunk = order[b * size : (b + 1) * size]
+        share = chunk[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        if len(share) == 0:  # a short last batch: this process repeats the chunk's first items
+            share = chunk[: self.batch_size]
+        return [epoch * self.length + int(i) for i in share]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        m = self.start
+        while True:
+            yield self.batch(m)
+            m += 1

@@ -1,0 +1,813 @@
+"""DreamBooth fine-tuning with prior preservation, on accelerate.
+
+The UNet and (by default) the text encoder are trained; the VAE stays frozen. Each batch holds the
+instance examples followed by as many class examples, and the loss is the instance MSE plus
+``prior_loss_weight`` times the class MSE (diffusers' ``train_dreambooth.py`` objective).
+
+Run layout (``config.output_dir``)::
+
+    config.json, run_info.json
+    checkpoints/checkpoint-<step>/   unet/, text_encoder/ (safetensors), optimizer, scheduler, RNG, data position
+    validation/step-<step>/          image-XX.png, grid.png, images.json (seed and NSFW flag per image)
+    logs/                            TensorBoard events, train_log.csv
+    pipeline/                        the fine-tuned pipeline (diffusers format)
+
+Command line::
+
+    python -m cartoonify.train --config configs/demo.yaml [--key value ...]
+    accelerate launch -m cartoonify.train --config configs/disney.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .config import ConfigError, TrainConfig, load_mapping, parse_overrides
+from .utils import run_info, write_json
+
+logger = logging.getLogger(__name__)
+
+LOG_COLUMNS = ("step", "loss", "loss_instance", "loss_prior", "lr", "grad_norm", "epoch", "time_s")
+CHECKPOINT_MARKER = "checkpoint.json"
+# keys that may change when a run is resumed; any other difference is refused
+RESUMABLE_CHANGES = frozenset(
+    {
+        "resume_from_checkpoint",
+        "max_train_steps",
+        "checkpointing_steps",
+        "checkpoints_total_limit",
+        "dataloader_num_workers",
+        "report_to",
+        "save_final_pipeline",
+        "num_validation_images",
+        "validation_prompt",
+        "validation_scheduler",
+        "validation_inference_steps",
+        "validation_guidance_scale",
+    }
+)
+
+
+class RunExistsError(FileExistsError):
+    """The run folder already holds a run that this call would overwrite."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the step."""
+
+
+@dataclass
+class TrainResult:
+    """What a training call produced."""
+
+    output_dir: Path
+    global_step: int
+    checkpoints: list[Path] = field(default_factory=list)
+    validation_dirs: list[Path] = field(default_factory=list)
+    pipeline_dir: Path | None = None
+    log_csv: Path | None = None
+    train_seconds: float = 0.0  # time in training steps (excludes checkpoints and validation)
+    steps_run: int = 0  # optimizer steps run by this call (after a resume, only the new ones)
+    optimizer: str = ""
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps_run / self.train_seconds if self.train_seconds > 0 else float("nan")
+
+
+# ------------------------------------------------------------------------------------------------
+# the objective
+# ------------------------------------------------------------------------------------------------
+
+
+def dreambooth_loss(
+    model_pred: torch.Tensor,
+    target: torch.Tensor,
+    with_prior_preservation: bool,
+    prior_loss_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Return ``(loss, instance_loss, prior_loss)``.
+
+    With prior preservation the first half of the batch is instance examples and the second half class
+    examples; each half gets its own mean-squared error and ``loss = instance + weight * prior``.
+    """
+    prior = None
+    if with_prior_preservation:
+        model_pred, pred_prior = torch.chunk(model_pred, 2, dim=0)
+        target, target_prior = torch.chunk(target, 2, dim=0)
+        prior = F.mse_loss(pred_prior.float(), target_prior.float(), reduction="mean")
+    instance = F.mse_loss(model_pred.float(), target.float(), reduction="mean")
+    loss = instance if prior is None else instance + prior_loss_weight * prior
+    return loss, instance, prior
+
+
+def noise_target(noise_scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor):
+    """The regression target for the scheduler's prediction type (``epsilon`` or ``v_prediction``)."""
+    kind = noise_scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return noise_scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"unsupported prediction type {kind!r} (expected epsilon or v_prediction)")
+
+
+def encode_latents(vae, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """VAE latents of images in [-1, 1]: one draw of the posterior, times the scaling factor."""
+    with torch.no_grad():
+        dist = vae.encode(pixel_values.to(device=vae.device, dtype=vae.dtype)).latent_dist
+        return dist.sample(generator=generator) * vae.config.scaling_factor
+
+
+def training_step(
+    unet,
+    text_encoder,
+    vae,
+    noise_scheduler,
+    batch: dict,
+    generator: torch.Generator,
+    *,
+    with_prior_preservation: bool,
+    prior_loss_weight: float = 1.0,
+):
+    """One forward pass of the DreamBooth objective. Returns ``(loss, instance_loss, prior_loss)``.
+
+    Draws, in this order and all from ``generator``: the latent sample, the noise, the timesteps.
+    """
+    latents = encode_latents(vae, batch["pixel_values"], generator)
+    noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+    timesteps = torch.randint(
+        0,
+        noise_scheduler.config.num_train_timesteps,
+        (latents.shape[0],),
+        generator=generator,
+        device=latents.device,
+    ).long()
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    encoder_hidden_states = text_encoder(batch["input_ids"].to(latents.device), return_dict=False)[0]
+    model_pred = unet(noisy, timesteps, encoder_hidden_states, return_dict=False)[0]
+    target = noise_target(noise_scheduler, latents, noise, timesteps)
+    return dreambooth_loss(model_pred, target, with_prior_preservation, prior_loss_weight)
+
+
+# ------------------------------------------------------------------------------------------------
+# optimizer, precision, disk
+# ------------------------------------------------------------------------------------------------
+
+
+def build_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    """bitsandbytes' AdamW8bit when ``use_8bit_adam`` (falling back to torch AdamW, with a warning, if
+    bitsandbytes cannot load), else torch AdamW; the write-up's betas, weight decay and epsilon."""
+    kwargs = dict(
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.adam_weight_decay,
+        eps=config.adam_epsilon,
+    )
+    params = list(params)
+    if config.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb
+
+            return bnb.optim.AdamW8bit(params, **kwargs)
+        except Exception as err:  # ImportError, or a native library that fails to load
+            warnings.warn(
+                f"use_8bit_adam=True but bitsandbytes could not be loaded ({type(err).__name__}: {err}); "
+                "falling back to torch.optim.AdamW (32-bit state: 4x the optimizer memory)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def resolve_mixed_precision(mixed_precision: str, device: torch.device) -> str:
+    """fp16 mixed precision needs CUDA; on another device fall back to fp32 ("no") with a warning."""
+    if mixed_precision == "fp16" and device.type != "cuda":
+        warnings.warn(
+            f"mixed_precision='fp16' is not usable on {device.type}; training in fp32 instead",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return "no"
+    return mixed_precision
+
+
+def checkpoint_bytes(modules: Sequence[torch.nn.Module], use_8bit_adam: bool) -> int:
+    """Approximate size of one checkpoint: fp32 trainable weights plus the Adam state.
+
+    AdamW8bit keeps two uint8 states per element (plus one fp32 scale per 256) for tensors of at least
+    4096 elements, and fp32 states for smaller ones; torch AdamW keeps two fp32 states.
+    """
+    total = 0
+    for module in modules:
+        for p in module.parameters():
+            if not p.requires_grad:
+                continue
+            n = p.numel()
+            total += n * 4
+            if use_8bit_adam and n >= 4096:
+                total += 2 * n + 2 * 4 * math.ceil(n / 256)
+            else:
+                total += 2 * 4 * n
+    return total
+
+
+def disk_plan(config: TrainConfig, modules: Sequence[torch.nn.Module], run_dir: Path) -> dict[str, Any]:
+    """What a full run will write to disk, compared with the free space; logged before training."""
+    per_ckpt = checkpoint_bytes(modules, config.use_8bit_adam)
+    n = math.ceil(config.max_train_steps / config.checkpointing_steps)
+    kept = n if config.checkpoints_total_limit is None else min(n, config.checkpoints_total_limit)
+    free = shutil.disk_usage(run_dir).free
+    return {"checkpoint_bytes": per_ckpt, "checkpoints": n, "kept": kept, "bytes": per_ckpt * kept, "free": free}
+
+
+def move_module(module: torch.nn.Module, device=None, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """``module.to(device, dtype)``, skipping what already holds (diffusers warns on every dtype cast)."""
+    p = next(module.parameters())
+    if device is not None and p.device != torch.device(device):
+        module.to(device)
+    if dtype is not None and p.dtype != dtype:
+        module.to(dtype=dtype)
+    return module
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+# ------------------------------------------------------------------------------------------------
+# run folder, checkpoints, logs
+# ------------------------------------------------------------------------------------------------
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step of a ``checkpoint-<step>`` folder."""
+    return int(path.name.rsplit("-", 1)[1])
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run (those with their marker file), oldest first.
+
+    Folders without the marker are incomplete (a crash during a save) and are reported, not used.
+    """
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        if not (path.is_dir() and path.name.startswith("checkpoint-") and path.name[11:].isdigit()):
+            continue
+        if (path / CHECKPOINT_MARKER).is_file():
+            found.append(path)
+        else:
+            logger.warning("ignoring incomplete checkpoint %s (no %s)", path, CHECKPOINT_MARKER)
+    return sorted(found, key=checkpoint_step)
+
+
+def find_checkpoint(run_dir: Path, which: str) -> Path | None:
+    """Resolve ``resume_from_checkpoint``: "latest" (None if the run has none), a name or a path."""
+    if which == "latest":
+        ckpts = list_checkpoints(run_dir)
+        return ckpts[-1] if ckpts else None
+    path = Path(which)
+    if not path.is_dir():
+        path = run_dir / "checkpoints" / which
+    if not (path / CHECKPOINT_MARKER).is_file():
+        raise FileNotFoundError(f"resume_from_checkpoint: no complete checkpoint at {path}")
+    return path
+
+
+def prepare_run_dir(config: TrainConfig) -> Path:
+    """Create the run folder and record the config and run info, refusing to clobber an existing run.
+
+    A folder holding checkpoints or a final pipeline is only reused to resume, and only with a config
+    that differs from the saved one in the keys of :data:`RESUMABLE_CHANGES`.
+    """
+    run_dir = Path(config.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    existing = list_checkpoints(run_dir)
+    saved_path = run_dir / "config.json"
+    if config.resume_from_checkpoint is None:
+        if existing or (run_dir / "pipeline").exists():
+            raise RunExistsError(
+                f"{run_dir} already holds a run ({len(existing)} checkpoints"
+                f"{', a final pipeline' if (run_dir / 'pipeline').exists() else ''}); resume it with "
+                "resume_from_checkpoint='latest' or choose another output_dir"
+            )
+    elif saved_path.is_file():
+        saved = json.loads(saved_path.read_text())
+        current = config.to_dict()
+        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        refused = [k for k in changed if k not in RESUMABLE_CHANGES]
+        if refused:
+            raise ConfigError(
+                f"cannot resume {run_dir} with a different config: key(s) {', '.join(refused)} differ from "
+                f"{saved_path} (e.g. {refused[0]}: saved {saved.get(refused[0])!r}, now {current.get(refused[0])!r})"
+            )
+    config.save(saved_path)
+    info_path = run_dir / "run_info.json"
+    info = run_info()
+    if config.resume_from_checkpoint is not None and info_path.is_file():
+        first = json.loads(info_path.read_text())
+        info = {**first, "resumes": first.get("resumes", []) + [info]}
+    write_json(info_path, info)
+    return run_dir
+
+
+class LossLog:
+    """``logs/train_log.csv``: one row per optimizer step, appended and flushed as training goes.
+
+    On (re)start the rows after the starting step are dropped, so a resumed run has no duplicates.
+    """
+
+    def __init__(self, path: Path, start_step: int):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = []
+        if path.is_file():
+            with path.open(newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if r.get("step", "").isdigit() and int(r["step"]) <= start_step]
+        tmp = path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+        self._fh = path.open("a", newline="")
+        self._writer = csv.DictWriter(self._fh, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in LOG_COLUMNS})
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_loss_log(path: str | Path) -> list[dict[str, float]]:
+    """Rows of a ``train_log.csv`` as floats (empty cells become NaN)."""
+    with Path(path).open(newline="") as fh:
+        return [{k: float(v) if v != "" else float("nan") for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+# ------------------------------------------------------------------------------------------------
+# the trainer
+# ------------------------------------------------------------------------------------------------
+
+
+class DreamBoothTrainer:
+    """Holds a run's models, optimizer and data; :meth:`run` trains to ``max_train_steps``.
+
+    Use :func:`train` unless you need the pieces (tests and benchmarks do).
+    """
+
+    def __init__(self, config: TrainConfig, *, progress: bool = True, callbacks: Sequence[Callable] = ()):
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration, set_seed
+
+        from .models import load_components, load_safety_components, resolve_model
+        from .prior import ensure_class_images
+
+        self.config = config = config.validate()
+        self.progress = progress
+        self.callbacks = list(callbacks)
+        self.run_dir = prepare_run_dir(config)
+        self.model_path = resolve_model(config.pretrained_model, config.resolution)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        mixed_precision = resolve_mixed_precision(config.mixed_precision, device)
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            mixed_precision=mixed_precision,
+            log_with=None if config.report_to == "none" else config.report_to,
+            project_config=ProjectConfiguration(
+                project_dir=str(self.run_dir), logging_dir=str(self.run_dir / config.logging_dir)
+            ),
+        )
+        set_seed(config.seed)
+        if config.with_prior_preservation:
+            ensure_class_images(
+                config.replace(pretrained_model=self.model_path), self.accelerator.device, progress=progress
+            )
+
+        parts = load_components(self.model_path, revision=config.revision, variant=config.variant)
+        self.tokenizer = parts["tokenizer"]
+        self.noise_scheduler = parts["noise_scheduler"]
+        self.base_scheduler = parts["scheduler"]
+        self.vae, unet, text_encoder = parts["vae"], parts["unet"], parts["text_encoder"]
+        self.safety_checker, self.feature_extractor = load_safety_components(
+            self.model_path, revision=config.revision, variant=config.variant
+        )
+        self.vae.requires_grad_(False)
+        text_encoder.requires_grad_(config.train_text_encoder)
+        if config.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+            if config.train_text_encoder:
+                text_encoder.gradient_checkpointing_enable()
+        trained = [unet, text_encoder] if config.train_text_encoder else [unet]
+        for module in trained:
+            if next(module.parameters()).dtype != torch.float32:  # the "unscale FP16 gradients" guard
+                module.to(torch.float32)
+
+        self.dataset, self.sampler, self.dataloader = None, None, None
+        self._build_data()
+        optimizer = build_optimizer(itertools.chain(*(m.parameters() for m in trained)), config)
+        self.optimizer_name = f"{type(optimizer).__module__}.{type(optimizer).__name__}"
+        from diffusers.optimization import get_scheduler
+
+        lr_scheduler = get_scheduler(
+            config.lr_scheduler,
+            optimizer=optimizer,
+            num_warmup_steps=config.lr_warmup_steps * self.accelerator.num_processes,
+            num_training_steps=config.max_train_steps * self.accelerator.num_processes,
+        )
+        if config.train_text_encoder:
+            unet, text_encoder, optimizer, lr_scheduler = self.accelerator.prepare(
+                unet, text_encoder, optimizer, lr_scheduler
+            )
+        else:
+            unet, optimizer, lr_scheduler = self.accelerator.prepare(unet, optimizer, lr_scheduler)
+        self.unet, self.text_encoder, self.optimizer, self.lr_scheduler = unet, text_encoder, optimizer, lr_scheduler
+        self.trained = [unet, text_encoder] if config.train_text_encoder else [unet]
+
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision)
+        self.weight_dtype = weight_dtype or torch.float32
+        move_module(self.vae, self.accelerator.device, self.weight_dtype)
+        if not config.train_text_encoder:
+            move_module(self.text_encoder, self.accelerator.device, self.weight_dtype)
+        self.generator = torch.Generator(device=self.accelerator.device).manual_seed(
+            config.seed + self.accelerator.process_index
+        )
+        self.accelerator.register_save_state_pre_hook(self._save_models_hook)
+        self.accelerator.register_load_state_pre_hook(self._load_models_hook)
+
+        self.global_step = 0
+        self.micro_step = 0
+        if config.resume_from_checkpoint is not None:
+            self._resume(config.resume_from_checkpoint)
+        self.sampler.start = self.micro_step
+
+    # -- data -----------------------------------------------------------------------------------
+    def _build_data(self) -> None:
+        from .data import DreamBoothDataset, StepBatchSampler, collate_examples
+
+        c = self.config
+        self.dataset = DreamBoothDataset(
+            c.instance_dir,
+            self.tokenizer,
+            c.instance_prompt,
+            resolution=c.resolution,
+            center_crop=c.center_crop,
+            class_dir=c.class_dir if c.with_prior_preservation else None,
+            class_prompt=c.class_prompt,
+            num_class_images=c.num_class_images,
+            seed=c.seed,
+        )
+        self.sampler = StepBatchSampler(
+            len(self.dataset),
+            c.train_batch_size,
+            seed=c.seed,
+            num_replicas=self.accelerator.num_processes,
+            rank=self.accelerator.process_index,
+        )
+        self.dataloader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,
+            collate_fn=partial(collate_examples, with_prior_preservation=c.with_prior_preservation),
+            num_workers=c.dataloader_num_workers,
+        )
+
+    @property
+    def epoch(self) -> int:
+        return self.micro_step // self.sampler.batches_per_epoch
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _unwrap(self, model):
+        from diffusers.utils.torch_utils import is_compiled_module
+
+        model = self.accelerator.unwrap_model(model)
+        return model._orig_mod if is_compiled_module(model) else model
+
+    def _save_models_hook(self, models, weights, output_dir):
+        from diffusers import UNet2DConditionModel
+
+        if self.accelerator.is_main_process:
+            for model in models:
+                model = self._unwrap(model)
+                sub = "unet" if isinstance(model, UNet2DConditionModel) else "text_encoder"
+                model.save_pretrained(os.path.join(output_dir, sub), safe_serialization=True)
+                weights.pop()
+
+    def _load_models_hook(self, models, input_dir):
+        from diffusers import UNet2DConditionModel
+        from safetensors.torch import load_file
+
+        while models:
+            model = self._unwrap(models.pop())
+            sub = "unet" if isinstance(model, UNet2DConditionModel) else "text_encoder"
+            files = sorted((Path(input_dir) / sub).glob("*.safetensors"))
+            if not files:
+                raise FileNotFoundError(f"checkpoint {input_dir} has no {sub}/*.safetensors")
+            state = {}
+            for f in files:
+                state.update(load_file(f))
+            model.load_state_dict(state, strict=True)
+
+    def save_checkpoint(self) -> Path:
+        """Save the full training state to ``checkpoints/checkpoint-<step>`` atomically.
+
+        The state is written to a hidden temporary folder, its marker file last, then renamed into
+        place; older checkpoints beyond ``checkpoints_total_limit`` are removed afterwards.
+        """
+        from safetensors.torch import save_file
+
+        root = self.run_dir / "checkpoints"
+        root.mkdir(parents=True, exist_ok=True)
+        final = root / f"checkpoint-{self.global_step}"
+        tmp = root / f".tmp-checkpoint-{self.global_step}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        self.accelerator.save_state(str(tmp), safe_serialization=True)
+        if self.accelerator.is_main_process:
+            save_file({"noise_generator": self.generator.get_state()}, str(tmp / "trainer_rng.safetensors"))
+            state = {"global_step": self.global_step, "micro_step": self.micro_step, "epoch": self.epoch}
+            write_json(tmp / "trainer_state.json", state)
+            files = {
+                str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()
+            }
+            write_json(tmp / CHECKPOINT_MARKER, {**state, "optimizer": self.optimizer_name, "files": files})
+            if final.exists():  # re-saving a step after resuming from an older checkpoint
+                old = root / f".old-checkpoint-{self.global_step}"
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, final)
+            self._prune_checkpoints()
+        return final
+
+    def _prune_checkpoints(self) -> None:
+        limit = self.config.checkpoints_total_limit
+        if limit is None:
+            return
+        ckpts = list_checkpoints(self.run_dir)
+        for old in ckpts[: max(0, len(ckpts) - limit)]:
+            logger.info("removing %s (checkpoints_total_limit=%d)", old, limit)
+            shutil.rmtree(old)
+
+    def _resume(self, which: str) -> None:
+        from safetensors.torch import load_file
+
+        path = find_checkpoint(self.run_dir, which)
+        if path is None:
+            logger.warning("resume_from_checkpoint=%r: no checkpoint in %s; starting a new run", which, self.run_dir)
+            return
+        self.accelerator.load_state(str(path))
+        state = json.loads((path / "trainer_state.json").read_text())
+        self.global_step, self.micro_step = int(state["global_step"]), int(state["micro_step"])
+        self.generator.set_state(load_file(str(path / "trainer_rng.safetensors"))["noise_generator"])
+        self._log(f"resumed from {path} at step {self.global_step}")
+
+    # -- validation -----------------------------------------------------------------------------
+    def pipeline(self, scheduler: str | None = None):
+        """A pipeline over the modules in memory (nothing reloaded), with ``scheduler`` for sampling."""
+        from .sample import pipeline_from_modules
+        from .schedulers import make_scheduler
+
+        return pipeline_from_modules(
+            unet=self._unwrap(self.unet),
+            text_encoder=self._unwrap(self.text_encoder),
+            vae=self.vae,
+            tokenizer=self.tokenizer,
+            scheduler=make_scheduler(scheduler or self.config.validation_scheduler, self.base_scheduler),
+            safety_checker=self.safety_checker,
+            feature_extractor=self.feature_extractor,
+        )
+
+    def validate(self) -> Path:
+        """Generate the validation images of the current step into ``validation/step-<step>/``."""
+        import numpy as np
+
+        from .sample import save_sample_result, text_to_image
+
+        c = self.config
+        out_dir = self.run_dir / "validation" / f"step-{self.global_step}"
+        for m in self.trained:
+            m.eval()
+        try:
+            result = text_to_image(
+                self.pipeline(),
+                c.validation_prompt,
+                [c.seed + i for i in range(c.num_validation_images)],
+                num_inference_steps=c.validation_inference_steps,
+                guidance_scale=c.validation_guidance_scale,
+                height=c.resolution,
+                width=c.resolution,
+                autocast_dtype=self.weight_dtype,
+            )
+        finally:
+            for m in self.trained:
+                m.train()
+        save_sample_result(result, out_dir, extra={"step": self.global_step})
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                arr = np.stack([np.asarray(img) for img in result.images])
+                tracker.writer.add_images("validation", arr, self.global_step, dataformats="NHWC")
+        return out_dir
+
+    # -- training -------------------------------------------------------------------------------
+    def _log(self, msg: str) -> None:
+        logger.info(msg)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            tqdm.write(msg)
+
+    def run(self) -> TrainResult:
+        """Train until ``max_train_steps``, checkpointing and validating every ``checkpointing_steps``."""
+        from tqdm.auto import tqdm
+
+        c, acc = self.config, self.accelerator
+        result = TrainResult(self.run_dir, self.global_step, optimizer=self.optimizer_name)
+        plan = disk_plan(c, [self._unwrap(m) for m in self.trained], self.run_dir)
+        self._log(
+            f"disk: {plan['kept']} checkpoint(s) x {_gb(plan['checkpoint_bytes'])} = {_gb(plan['bytes'])} "
+            f"for a full run ({plan['checkpoints']} saved); {_gb(plan['free'])} free in {self.run_dir}"
+        )
+        if plan["bytes"] > plan["free"]:
+            warnings.warn(
+                f"a full run needs about {_gb(plan['bytes'])} of checkpoints but only {_gb(plan['free'])} is "
+                f"free; lower checkpoints_total_limit or free space",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        if acc.is_main_process and c.report_to != "none":
+            hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in c.to_dict().items()}
+            acc.init_trackers("dreambooth", config=hparams)
+        log = LossLog(self.run_dir / c.logging_dir / "train_log.csv", self.global_step)
+        result.log_csv = log.path
+        bar = tqdm(
+            total=c.max_train_steps, initial=self.global_step, desc="Steps", disable=not self.progress, unit="step"
+        )
+        params = [p for m in self.trained for p in m.parameters()]
+        data = iter(self.dataloader)
+        for m in self.trained:
+            m.train()
+        try:
+            while self.global_step < c.max_train_steps:
+                t0 = time.perf_counter()
+                losses = []
+                grad_norm = None
+                while True:  # micro-batches of one optimizer step
+                    batch = next(data)
+                    with acc.accumulate(*self.trained):
+                        loss, inst, prior = training_step(
+                            self.unet,
+                            self.text_encoder,
+                            self.vae,
+                            self.noise_scheduler,
+                            batch,
+                            self.generator,
+                            with_prior_preservation=c.with_prior_preservation,
+                            prior_loss_weight=c.prior_loss_weight,
+                        )
+                        acc.backward(loss)
+                        if acc.sync_gradients:
+                            grad_norm = acc.clip_grad_norm_(params, c.max_grad_norm)
+                        self.optimizer.step()
+                        self.lr_scheduler.step()
+                        self.optimizer.zero_grad(set_to_none=c.set_grads_to_none)
+                    self.micro_step += 1
+                    losses.append((loss.detach(), inst.detach(), None if prior is None else prior.detach()))
+                    if acc.sync_gradients:
+                        break
+                self.global_step += 1
+                row = self._row(losses, grad_norm)
+                result.train_seconds += time.perf_counter() - t0
+                result.steps_run += 1
+                if not math.isfinite(row["loss"]):
+                    raise NonFiniteLossError(self._nonfinite_message(row["loss"]))
+                log.write(row)
+                acc.log({k: row[k] for k in ("loss", "loss_instance", "loss_prior", "lr", "grad_norm") if row[k] is not None}, step=self.global_step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+                for cb in self.callbacks:
+                    cb(self, row)
+                if self.global_step % c.checkpointing_steps == 0:
+                    result.checkpoints.append(self.save_checkpoint())
+                    self._log(f"saved {result.checkpoints[-1]}")
+                    if c.num_validation_images:
+                        result.validation_dirs.append(self.validate())
+            if c.num_validation_images and self.global_step % c.checkpointing_steps != 0:
+                result.validation_dirs.append(self.validate())  # the end of a run off the checkpoint grid
+            if c.save_final_pipeline:
+                result.pipeline_dir = self.save_pipeline()
+        finally:
+            bar.close()
+            log.close()
+            acc.end_training()
+        result.global_step = self.global_step
+        return result
+
+    def _row(self, losses, grad_norm) -> dict[str, Any]:
+        def mean(xs):
+            xs = [x for x in xs if x is not None]
+            return float(torch.stack(xs).float().mean()) if xs else None
+
+        return {
+            "step": self.global_step,
+            "loss": mean([l[0] for l in losses]),
+            "loss_instance": mean([l[1] for l in losses]),
+            "loss_prior": mean([l[2] for l in losses]),
+            "lr": self.lr_scheduler.get_last_lr()[0],
+            "grad_norm": None if grad_norm is None else float(grad_norm),
+            "epoch": self.epoch,
+            "time_s": round(time.time(), 3),
+        }
+
+    def _nonfinite_message(self, value: float) -> str:
+        last = list_checkpoints(self.run_dir)
+        return (
+            f"loss is {value} at step {self.global_step}; training stopped. Likely causes: a learning rate too "
+            f"high (learning_rate={self.config.learning_rate}), fp16 overflow (mixed_precision="
+            f"{self.accelerator.mixed_precision!r}; try bf16 or fp32), or corrupt input images. "
+            f"The last good checkpoint is {last[-1] if last else 'none (no checkpoint was saved yet)'}."
+        )
+
+    def save_pipeline(self) -> Path:
+        """Write the fine-tuned pipeline (diffusers format, safetensors) to ``pipeline/``, atomically."""
+        out = self.run_dir / "pipeline"
+        tmp = self.run_dir / ".tmp-pipeline"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        move_module(self.vae, dtype=torch.float32)
+        pipe = self.pipeline(scheduler=type(self.base_scheduler).__name__)
+        pipe.scheduler = self.base_scheduler
+        pipe.register_to_config(requires_safety_checker=self.safety_checker is not None)
+        pipe.save_pretrained(str(tmp), safe_serialization=True)
+        move_module(self.vae, dtype=self.weight_dtype)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        return out
+
+
+def train(
+    config: TrainConfig, *, progress: bool = True, callbacks: Sequence[Callable] = ()
+) -> TrainResult:
+    """Run DreamBooth training for ``config`` (class images, training, checkpoints, validation, final pipeline)."""
+    return DreamBoothTrainer(config, progress=progress, callbacks=callbacks).run()
+
+
+# ------------------------------------------------------------------------------------------------
+# command line
+# ------------------------------------------------------------------------------------------------
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
+    """``--config FILE`` (YAML/JSON) then ``--key value`` overrides of any :class:`TrainConfig` field."""
+    parser = argparse.ArgumentParser(
+        prog="python -m cartoonify.train",
+        description="DreamBooth fine-tuning with prior preservation. Any TrainConfig key can be given as "
+        "--key value after the config file.",
+    )
+    parser.add_argument("--config", help="YAML or JSON file of TrainConfig keys")
+    args, rest = parser.parse_known_args(argv)
+    data = load_mapping(args.config) if args.config else {}
+    data.update(parse_overrides(rest))
+    return TrainConfig.from_dict(data)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(argv)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    result = train(config)
+    print(
+        f"done: {result.global_step} steps in {result.output_dir} "
+        f"({result.steps_per_second:.2f} steps/s over {result.steps_run} steps); "
+        f"checkpoints: {len(list_checkpoints(result.output_dir))}, final pipeline: {result.pipeline_dir}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Small helpers shared by the stages: atomic writes, run metadata, devices."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import warnings
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+TRACKED_PACKAGES = (
+    "cartoonify",
+    "torch",
+    "diffusers",
+    "transformers",
+    "accelerate",
+    "bitsandbytes",
+    "safetensors",
+    "numpy",
+    "pillow",
+)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    A reader never sees a half-written file, and a crash leaves the previous content in place.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Atomically write ``data`` as indented JSON."""
+    return atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def git_commit(start: str | Path | None = None) -> dict[str, Any]:
+    """The git commit of the repository holding ``start`` (default: this package) and whether it is dirty."""
+    start = Path(start or Path(__file__).resolve().parent)
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=start, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=start,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        )
+        return {"commit": commit, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def library_versions(packages: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str | None]:
+    """Installed versions of the packages a run depends on (None where one is missing)."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine a run used: platform, CPU count and, if present, the CUDA device."""
+    import torch
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_memory_bytes"] = torch.cuda.get_device_properties(0).total_memory
+    return info
+
+
+def run_info(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything needed to tell later which code and libraries produced a run."""
+    return {
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git": git_commit(),
+        "versions": library_versions(),
+        "machine": machine_info(),
+        "argv": sys.argv,
+        **(extra or {}),
+    }
+
+
+def resolve_device(device: str | None = None) -> "torch.device":  # noqa: F821
+    """``device`` if given, else CUDA when available, else CPU."""
+    import torch
+
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(precision: str, device: "torch.device", what: str = "precision") -> "torch.dtype":  # noqa: F821
+    """Map "fp16"/"bf16"/"fp32"/"no" to a dtype usable on ``device``; fp16 on CPU falls back to fp32 with a warning."""
+    import torch
+
+    if precision in ("no", "fp32"):
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        if device.type == "cpu":
+            warnings.warn(
+                f"{what}='fp16' is not usable on CPU; using fp32 instead", RuntimeWarning, stacklevel=2
+            )
+            return torch.float32
+        return torch.float16
+    raise ValueError(f"unknown {what} {precision!r}; expected one of no, fp32, fp16, bf16")

@@ -1,0 +1,242 @@
+"""The DreamBooth trainer on the embedded tiny model (CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cartoonify.train import (
+    RunExistsError,
+    dreambooth_loss,
+    list_checkpoints,
+    read_loss_log,
+    training_step,
+)
+
+
+def _mse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+
+
+def test_prior_preservation_loss_on_a_fixed_batch():
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(6, 4, 8, 8, generator=g)
+    target = torch.randn(6, 4, 8, 8, generator=g)
+    loss, inst, prior = dreambooth_loss(pred, target, True, prior_loss_weight=0.5)
+    p, t = pred.numpy(), target.numpy()
+    assert inst.item() == pytest.approx(_mse(p[:3], t[:3]), rel=1e-6)
+    assert prior.item() == pytest.approx(_mse(p[3:], t[3:]), rel=1e-6)
+    assert loss.item() == pytest.approx(_mse(p[:3], t[:3]) + 0.5 * _mse(p[3:], t[3:]), rel=1e-6)
+    loss, inst, prior = dreambooth_loss(pred, target, False)
+    assert prior is None and loss.item() == pytest.approx(_mse(p, t), rel=1e-6)
+
+
+def test_training_step_loss_equals_independent_computation(tiny_model, demo_data):
+    """training_step's loss == MSE recomputed by hand from the same random draws."""
+    from cartoonify.data import load_training_image
+    from cartoonify.models import load_components
+
+    parts = load_components(str(tiny_model), revision="main", variant=None)
+    unet, te, vae, sched = parts["unet"], parts["text_encoder"], parts["vae"], parts["noise_scheduler"]
+    images = sorted(Path(demo_data["instance_dir"]).glob("*.png"))[:4]
+    pixels = torch.stack([load_training_image(p, 64) for p in images])
+    ids = parts["tokenizer"](["a b"] * 2 + ["c"] * 2, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    batch = {"pixel_values": pixels, "input_ids": ids}
+    gen = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        loss, inst, prior = training_step(
+            unet, te, vae, sched, batch, gen, with_prior_preservation=True, prior_loss_weight=1.0
+        )
+        # independent: replay the draws (latent sample, noise, timesteps) and the forward diffusion by hand
+        g = torch.Generator().manual_seed(123)
+        dist = vae.encode(pixels).latent_dist
+        lat = (dist.mean + dist.std * torch.randn(dist.mean.shape, generator=g)) * vae.config.scaling_factor
+        noise = torch.randn(lat.shape, generator=g)
+        t = torch.randint(0, 1000, (4,), generator=g)
+        abar = torch.cumprod(1 - sched.betas, 0)[t].view(-1, 1, 1, 1)
+        noisy = abar.sqrt() * lat + (1 - abar).sqrt() * noise
+        pred = unet(noisy, t, te(ids)[0]).sample.numpy()
+    n = noise.numpy()
+    assert inst.item() == pytest.approx(_mse(pred[:2], n[:2]), rel=1e-4)
+    assert prior.item() == pytest.approx(_mse(pred[2:], n[2:]), rel=1e-4)
+    assert loss.item() == pytest.approx(_mse(pred[:2], n[:2]) + _mse(pred[2:], n[2:]), rel=1e-4)
+
+
+def test_v_prediction_target():
+    from diffusers import DDPMScheduler
+
+    from cartoonify.train import noise_target
+
+    s = DDPMScheduler(prediction_type="v_prediction")
+    lat, noise = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
+    t = torch.tensor([10, 900])
+    abar = torch.cumprod(1 - s.betas, 0)[t].view(-1, 1, 1, 1)
+    expected = abar.sqrt() * noise - (1 - abar).sqrt() * lat
+    torch.testing.assert_close(noise_target(s, lat, noise, t), expected)
+
+
+def test_unet_and_text_encoder_change_vae_does_not(trained_run):
+    tr, initial = trained_run["trainer"], trained_run["initial"]
+    unet = tr._unwrap(tr.unet).state_dict()
+    te = tr._unwrap(tr.text_encoder).state_dict()
+    changed = lambda new, old: sum(not torch.equal(new[k], old[k]) for k in old)  # noqa: E731
+    assert changed(unet, initial["unet"]) > 0.9 * len(unet)
+    assert changed(te, initial["text_encoder"]) > 0  # embeddings/positions of used tokens and layers
+    assert changed(tr.vae.state_dict(), initial["vae"]) == 0
+    assert all(not p.requires_grad for p in tr.vae.parameters())
+
+
+def test_optimizer_is_8bit_and_lr_constant(trained_run):
+    import bitsandbytes as bnb
+
+    tr = trained_run["trainer"]
+    assert isinstance(tr.optimizer.optimizer, bnb.optim.AdamW8bit)
+    assert trained_run["result"].optimizer.endswith("AdamW8bit")
+    big = [p for g in tr.optimizer.optimizer.param_groups for p in g["params"] if p.numel() >= 4096]
+    state = tr.optimizer.optimizer.state[big[0]]
+    assert state["state1"].dtype == torch.uint8  # 8-bit moments
+    rows = read_loss_log(trained_run["result"].log_csv)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert {r["lr"] for r in rows} == {trained_run["config"].learning_rate}
+    assert all(np.isfinite(r["loss"]) and np.isfinite(r["loss_prior"]) for r in rows)
+    assert all(r["loss"] == pytest.approx(r["loss_instance"] + r["loss_prior"], rel=1e-5) for r in rows)
+
+
+def test_fallback_to_torch_adamw_when_bitsandbytes_fails(monkeypatch):
+    import builtins
+
+    from cartoonify.config import TrainConfig
+    from cartoonify.train import build_optimizer
+
+    real_import = builtins.__import__
+
+    def fail(name, *a, **k):
+        if name == "bitsandbytes":
+            raise ImportError("no native library")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fail)
+    with pytest.warns(RuntimeWarning, match="falling back to torch.optim.AdamW"):
+        opt = build_optimizer([torch.nn.Parameter(torch.zeros(3))], TrainConfig())
+    assert type(opt) is torch.optim.AdamW
+    assert opt.defaults["lr"] == 1e-6 and opt.defaults["weight_decay"] == 1e-2
+
+
+def test_checkpoints_at_configured_steps_and_reload(trained_run):
+    from cartoonify.sample import load_trained_modules
+
+    run_dir = Path(trained_run["config"].output_dir)
+    ckpts = list_checkpoints(run_dir)
+    assert [c.name for c in ckpts] == ["checkpoint-2", "checkpoint-4"]
+    for ckpt in ckpts:
+        step = int(ckpt.name.split("-")[1])
+        assert (ckpt / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+        assert (ckpt / "text_encoder" / "model.safetensors").is_file()
+        marker = json.loads((ckpt / "checkpoint.json").read_text())
+        assert marker["global_step"] == step
+        modules = load_trained_modules(ckpt)
+        snap = trained_run["snapshots"][step]
+        for name in ("unet", "text_encoder"):
+            sd = modules[name].state_dict()
+            assert all(torch.equal(sd[k], snap[name][k]) for k in snap[name])
+    assert not list((run_dir / "checkpoints").glob(".tmp-*"))
+    # validation at every checkpoint, with the NSFW flag recorded per image
+    for step in (2, 4):
+        vdir = run_dir / "validation" / f"step-{step}"
+        meta = json.loads((vdir / "images.json").read_text())
+        assert meta["step"] == step and meta["scheduler"] == "PNDMScheduler"
+        assert [r["seed"] for r in meta["images"]] == [42, 43]
+        assert all((vdir / r["file"]).is_file() and "nsfw" in r for r in meta["images"])
+        assert (vdir / "grid.png").is_file()
+    assert list((run_dir / "logs").rglob("events.out.tfevents.*"))
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved == trained_run["config"].to_dict()
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["versions"]["torch"] and info["versions"]["diffusers"] and "commit" in info["git"]
+
+
+def test_final_pipeline_loads(trained_run):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(trained_run["result"].pipeline_dir)
+    sd = pipe.unet.state_dict()
+    snap = trained_run["snapshots"][4]["unet"]
+    assert all(torch.equal(sd[k], snap[k]) for k in snap)
+    out = pipe("a person, Disney style", num_inference_steps=2, output_type="np")
+    assert out.images.shape == (1, 64, 64, 3)
+
+
+def test_existing_run_is_not_overwritten(trained_run):
+    from cartoonify.train import train
+
+    with pytest.raises(RunExistsError, match="resume_from_checkpoint"):
+        train(trained_run["config"], progress=False)
+
+
+def test_resume_continues_from_latest(small_config):
+    from cartoonify.train import train
+
+    first = train(small_config(max_train_steps=2, num_validation_images=0, save_final_pipeline=False), progress=False)
+    assert first.global_step == 2
+    second = train(
+        small_config(max_train_steps=4, num_validation_images=0, resume_from_checkpoint="latest"), progress=False
+    )
+    assert second.global_step == 4 and second.steps_run == 2
+    rows = read_loss_log(second.log_csv)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    with pytest.raises(Exception, match="learning_rate"):
+        train(small_config(max_train_steps=6, learning_rate=0.5, resume_from_checkpoint="latest"), progress=False)
+
+
+def test_checkpoints_total_limit(small_config):
+    from cartoonify.train import train
+
+    res = train(
+        small_config(max_train_steps=6, checkpointing_steps=2, checkpoints_total_limit=2, num_validation_images=0,
+                     save_final_pipeline=False),
+        progress=False,
+    )
+    assert [c.name for c in list_checkpoints(res.output_dir)] == ["checkpoint-4", "checkpoint-6"]
+
+
+def test_cli_subprocess_and_identical_validation(trained_run, tmp_path):
+    """`python -m cartoonify.train` runs the same config; its validation images equal the fixture's."""
+    config = trained_run["config"].replace(output_dir=str(tmp_path / "cli"), report_to="none")
+    cfg_path = config.save(tmp_path / "config.yaml")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cartoonify.train", "--config", str(cfg_path), "--save_final_pipeline", "false"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "done: 4 steps" in proc.stdout
+    a = Path(trained_run["config"].output_dir) / "validation"
+    b = tmp_path / "cli" / "validation"
+    for step in ("step-2", "step-4"):
+        for name in ("image-00.png", "image-01.png"):
+            assert (a / step / name).read_bytes() == (b / step / name).read_bytes()
+
+
+def test_cli_refuses_bad_key(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cartoonify.train", "--max_train_step", "3"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "max_train_step" in proc.stderr
+
+
+def test_fp16_falls_back_on_cpu_with_warning():
+    from cartoonify.train import resolve_mixed_precision
+
+    with pytest.warns(RuntimeWarning, match="fp16"):
+        assert resolve_mixed_precision("fp16", torch.device("cpu")) == "no"
+    assert resolve_mixed_precision("bf16", torch.device("cpu")) == "bf16"
