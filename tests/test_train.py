@@ -240,3 +240,27 @@ def test_fp16_falls_back_on_cpu_with_warning():
     with pytest.warns(RuntimeWarning, match="fp16"):
         assert resolve_mixed_precision("fp16", torch.device("cpu")) == "no"
     assert resolve_mixed_precision("bf16", torch.device("cpu")) == "bf16"
+
+
+def test_validation_records_safety_checker_flags(tmp_path, small_config):
+    """With a safety checker that flags everything, validation images are black and marked NSFW."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+
+    from cartoonify.models import build_tiny
+    from cartoonify.train import train
+
+    model = build_tiny(tmp_path / "tiny_safe", with_safety_checker=True)
+    checker = StableDiffusionSafetyChecker.from_pretrained(model / "safety_checker")
+    checker.concept_embeds_weights.data.fill_(-10.0)  # every image is over the threshold
+    checker.save_pretrained(model / "safety_checker", safe_serialization=True)
+    res = train(
+        small_config(pretrained_model=str(model), max_train_steps=1, checkpointing_steps=1, output_dir=str(tmp_path / "r"),
+                     class_dir=str(tmp_path / "cls"), save_final_pipeline=False),
+        progress=False,
+    )
+    vdir = res.validation_dirs[0]
+    meta = json.loads((vdir / "images.json").read_text())
+    assert [r["nsfw"] for r in meta["images"]] == [True, True]
+    from PIL import Image
+
+    assert all(np.asarray(Image.open(vdir / r["file"])).max() == 0 for r in meta["images"])

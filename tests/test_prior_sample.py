@@ -1,0 +1,102 @@
+"""Class-image generation (top-up, never overwrite) and sampling (schedulers, seeds, img2img, grids)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cartoonify.prior import class_image_name, generate_class_images, missing_class_indices
+from cartoonify.sample import image_grid, image_to_image, load_finetuned, text_to_image
+from cartoonify.schedulers import SCHEDULERS, make_scheduler, resolve_scheduler
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model):
+    return load_finetuned(str(tiny_model), safety_checker=False, device="cpu")
+
+
+def test_missing_indices_count_foreign_files_and_skip_taken_names(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "user-photo.jpg")
+    Image.new("RGB", (8, 8)).save(tmp_path / class_image_name(1))
+    assert missing_class_indices(tmp_path, 5) == [0, 2, 3]
+    assert missing_class_indices(tmp_path, 2) == []
+    assert missing_class_indices(tmp_path / "absent", 2) == [0, 1]
+
+
+def test_class_images_top_up_never_overwrite_and_match_a_single_run(pipe, tmp_path):
+    kw = dict(seed=7, batch_size=2, num_inference_steps=3, progress=False)
+    one_go = generate_class_images(pipe, tmp_path / "a", "an illustration", 3, **kw)
+    assert [p.name for p in one_go] == [class_image_name(k) for k in range(3)]
+    b = tmp_path / "b"
+    b.mkdir()
+    Image.new("RGB", (64, 64), "red").save(b / "mine.png")  # a user's own class image
+    Image.new("RGB", (64, 64), "blue").save(b / class_image_name(1))
+    before = (b / class_image_name(1)).read_bytes()
+    new = generate_class_images(pipe, b, "an illustration", 3, **kw)
+    assert [p.name for p in new] == [class_image_name(0)]
+    assert (b / class_image_name(1)).read_bytes() == before
+    assert (b / class_image_name(0)).read_bytes() == (tmp_path / "a" / class_image_name(0)).read_bytes()
+    assert generate_class_images(pipe, b, "an illustration", 3, **kw) == []  # already full
+    # image k comes from seed+k alone, whatever the batch it was generated in
+    more = generate_class_images(pipe, tmp_path / "a", "an illustration", 4, **{**kw, "batch_size": 1})
+    ref = text_to_image(pipe, "an illustration", [7 + 3], num_inference_steps=3)
+    assert np.array_equal(np.asarray(Image.open(more[0])), np.asarray(ref.images[0]))
+
+
+def test_registry_covers_the_comparison_and_swaps_from_config(pipe):
+    for name in ("pndm", "ddim", "euler", "euler_a", "dpmpp_2m_karras", "unipc", "heun", "lms"):
+        assert name in SCHEDULERS
+        s = make_scheduler(name, pipe.scheduler)
+        assert type(s).__name__ == SCHEDULERS[name].class_name
+        assert s.config.beta_schedule == "scaled_linear" and s.config.beta_end == 0.012
+    assert make_scheduler("dpmpp_2m_karras", pipe.scheduler).config.use_karras_sigmas is True
+    assert resolve_scheduler("PNDMScheduler").class_name == "PNDMScheduler"
+    with pytest.raises(KeyError, match="nope"):
+        resolve_scheduler("nope")
+
+
+def test_per_image_seeds_do_not_depend_on_the_batch(pipe):
+    pipe.scheduler = make_scheduler("euler_a", pipe.scheduler)  # ancestral: noise at every step
+    together = text_to_image(pipe, "a person, Disney style", [1, 2, 3], num_inference_steps=3)
+    alone = text_to_image(pipe, "a person, Disney style", [2], num_inference_steps=3)
+    again = text_to_image(pipe, "a person, Disney style", [1, 2, 3], num_inference_steps=3, batch_size=1)
+    a = [np.asarray(i, dtype=np.int16) for i in together.images]
+    assert np.abs(a[1] - np.asarray(alone.images[0], dtype=np.int16)).max() <= 1
+    assert all(np.abs(x - np.asarray(y, dtype=np.int16)).max() <= 1 for x, y in zip(a, again.images))
+    assert not np.array_equal(a[0], a[1])
+    assert together.seeds == [1, 2, 3] and together.nsfw == [None] * 3
+
+
+def test_img2img_strength(pipe):
+    photo = Image.new("RGB", (100, 80), (200, 40, 40))
+    low = image_to_image(pipe, photo, "a person, Disney style", strength=0.1, seed=0, num_inference_steps=10)
+    high = image_to_image(pipe, photo, "a person, Disney style", strength=1.0, seed=0, num_inference_steps=10)
+    assert low.images[0].size == (64, 64)
+    ref = image_to_image(pipe, photo, "a person, Disney style", strength=0.1, seed=0, num_inference_steps=10)
+    assert np.array_equal(np.asarray(low.images[0]), np.asarray(ref.images[0]))
+    assert not np.array_equal(np.asarray(low.images[0]), np.asarray(high.images[0]))
+    with pytest.raises(ValueError, match="strength"):
+        image_to_image(pipe, photo, "x", strength=0.0)
+
+
+def test_load_finetuned_swaps_in_checkpoint_modules(trained_run):
+    ckpt = trained_run["result"].checkpoints[0]
+    pipe = load_finetuned(str(trained_run["config"].pretrained_model), ckpt, scheduler="euler_a", device="cpu")
+    snap = trained_run["snapshots"][2]
+    assert all(torch.equal(pipe.unet.state_dict()[k], v) for k, v in snap["unet"].items())
+    assert all(torch.equal(pipe.text_encoder.state_dict()[k], v) for k, v in snap["text_encoder"].items())
+    assert type(pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
+    with pytest.raises(FileNotFoundError, match="unet"):
+        load_finetuned(str(trained_run["config"].pretrained_model), trained_run["config"].output_dir)
+
+
+def test_image_grid_layout():
+    ims = [Image.new("RGB", (10, 8), c) for c in ("red", "green", "blue")]
+    g = image_grid(ims, rows=1, pad=2)
+    assert g.size == (34, 8)
+    assert g.getpixel((0, 0)) == (255, 0, 0) and g.getpixel((12, 0)) == (0, 128, 0) and g.getpixel((11, 0)) == (255, 255, 255)
+    assert image_grid(ims, cols=2).size == (22, 18)
+    with pytest.raises(ValueError):
+        image_grid(ims, rows=1, cols=2)
