@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import yaml
 
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+from .models import DEFAULT_MODEL, DEFAULT_REVISION, DEFAULT_VARIANT
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 PRIOR_PRECISIONS = ("no", "fp32", "fp16", "bf16")
@@ -37,8 +37,18 @@ LR_SCHEDULERS = (
 
 
 class YamlLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads ``1e-6`` as a float (YAML 1.1 requires ``1.0e-6``)."""
+    """``yaml.SafeLoader`` with YAML 1.2's scalars: ``1e-6`` is a float (YAML 1.1 wants ``1.0e-6``), and
+    only true/false are booleans (YAML 1.1 also reads ``no``, ``yes``, ``on``, ``off`` as booleans, which
+    would turn ``mixed_precision: no`` into ``False``)."""
 
+
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 YamlLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
@@ -67,8 +77,8 @@ class TrainConfig:
 
     # --- model -----------------------------------------------------------------------------------
     pretrained_model: str = DEFAULT_MODEL  # hub id, local diffusers folder, or "embedded:tiny"
-    revision: str = "main"
-    variant: Optional[str] = "fp16"  # weight variant; ignored for local folders that lack it
+    revision: str = DEFAULT_REVISION
+    variant: Optional[str] = DEFAULT_VARIANT  # weight variant; ignored for local folders that lack it
 
     # --- data ------------------------------------------------------------------------------------
     instance_dir: str = "data/disney"  # the ~200 style images (captions: optional <image>.txt)
@@ -114,7 +124,7 @@ class TrainConfig:
 
     # --- precision -------------------------------------------------------------------------------
     mixed_precision: str = "fp16"  # "no", "fp16", "bf16"; fp16 falls back to fp32 on CPU
-    prior_generation_precision: str = "fp16"  # dtype of class-image generation (fp32 on CPU)
+    prior_generation_precision: str = "fp16"  # class-image dtype; "no": fp16 on CUDA, else fp32
 
     # --- validation ------------------------------------------------------------------------------
     validation_prompt: str = "a person, Disney style"
@@ -174,6 +184,8 @@ class TrainConfig:
             raise ConfigError(f"config key 'learning_rate' must be > 0, got {self.learning_rate!r}")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise ConfigError("config key 'checkpoints_total_limit' must be >= 1 or null")
+        if self.with_prior_preservation and self.num_class_images < 1:
+            raise ConfigError("config key 'num_class_images' must be >= 1 when with_prior_preservation is true")
         if self.resolution % 8:
             raise ConfigError(f"config key 'resolution' must be a multiple of 8, got {self.resolution}")
         from .schedulers import resolve_scheduler  # local: schedulers imports diffusers
@@ -302,8 +314,14 @@ def save_mapping(data: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def parse_overrides(argv: list[str]) -> dict[str, Any]:
-    """Parse ``--key value`` / ``--key=value`` pairs; values are read as YAML scalars (``1e-4``, ``true``, ``null``)."""
+def parse_overrides(argv: list[str], cls: type | None = None) -> dict[str, Any]:
+    """Parse ``--key value`` / ``--key=value`` pairs.
+
+    Values are read as YAML scalars (``1e-4``, ``true``, ``null``), except that for a string field of
+    ``cls`` the text is kept as typed (``--revision 1.0``, ``--mixed_precision no``, ``--validation_prompt
+    "sks: dog"``); ``null``/``None`` still clear an optional string.
+    """
+    string_fields = _string_fields(cls) if cls is not None else {}
     out: dict[str, Any] = {}
     i = 0
     while i < len(argv):
@@ -318,8 +336,23 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"config key '{key}' given without a value")
             i += 1
             raw = argv[i]
-        out[key.replace("-", "_")] = _yaml_scalar(raw)
+        key = key.replace("-", "_")
+        if key in string_fields:
+            optional = string_fields[key]
+            out[key] = None if optional and raw in ("null", "None", "~") else raw
+        else:
+            out[key] = _yaml_scalar(raw)
         i += 1
+    return out
+
+
+def _string_fields(cls: type) -> dict[str, bool]:
+    """``{field: is_optional}`` for the ``str`` and ``Optional[str]`` fields of a config dataclass."""
+    out = {}
+    for name, tp in typing.get_type_hints(cls).items():
+        args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+        if str in args and all(a in (str, type(None)) for a in args):
+            out[name] = type(None) in args
     return out
 
 

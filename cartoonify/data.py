@@ -93,6 +93,19 @@ def open_rgb(path: str | Path) -> Image.Image:
         raise ImageLoadError(f"cannot read image {path}: {err}") from err
 
 
+def check_readable(paths: Sequence[Path]) -> None:
+    """Decode every image; raise one :class:`ImageLoadError` listing all files that cannot be read."""
+    bad = []
+    for path in paths:
+        try:
+            open_rgb(path)
+        except ImageLoadError as err:
+            bad.append(str(err))
+    if bad:
+        more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
+        raise ImageLoadError(f"{len(bad)} unreadable image(s): " + "; ".join(bad[:10]) + more)
+
+
 def resize_shorter_side(img: Image.Image, size: int, resample=Image.BILINEAR) -> Image.Image:
     """Resize so that the shorter side is ``size`` (torchvision's ``Resize(size)`` rounding)."""
     w, h = img.size
@@ -162,7 +175,8 @@ class DreamBoothDataset(torch.utils.data.Dataset):
     """Instance images (with per-image prompts) paired with class images, as in diffusers' script.
 
     The length is ``max(#instance, #class)``; item ``i`` holds instance image ``i % #instance`` and
-    class image ``i % #class``. The index may exceed the length: ``i // len`` is then the epoch, which
+    class image ``i % #class``. Every image is decoded once when the dataset is built
+    (``check_images``), so a corrupt file stops the run before training, not hours into it. The index may exceed the length: ``i // len`` is then the epoch, which
     seeds the random crop when ``center_crop`` is off, so every epoch is reproducible.
     """
 
@@ -177,6 +191,7 @@ class DreamBoothDataset(torch.utils.data.Dataset):
         class_prompt: str | None = None,
         num_class_images: int | None = None,
         seed: int = 0,
+        check_images: bool = True,
     ):
         self.resolution = resolution
         self.center_crop = center_crop
@@ -190,6 +205,8 @@ class DreamBoothDataset(torch.utils.data.Dataset):
             if num_class_images is not None:
                 self.class_paths = self.class_paths[:num_class_images]
             self.class_ids = tokenize_prompts(tokenizer, [class_prompt or ""])[0]
+        if check_images:
+            check_readable(self.instance_paths + self.class_paths)
 
     @property
     def with_prior_preservation(self) -> bool:
@@ -232,7 +249,6 @@ def collate_examples(examples: list[dict], with_prior_preservation: bool) -> dic
     return {
         "pixel_values": torch.stack(pixels).contiguous(),
         "input_ids": torch.stack(ids),
-        "instance_index": torch.tensor([e["instance_index"] for e in examples]),
     }
 
 

@@ -47,7 +47,7 @@ STYLE_SUFFIX = ", Disney style"
 #: scikit-image data file name -> name written by :func:`demo_photos`.
 PHOTO_NAMES: dict[str, str] = {
     "astronaut.png": "astronaut.png",
-    "camera.png": "cameraman.png",
+    "camera.png": "camera.png",
 }
 
 SUPERSAMPLE = 4  # draw at 4x, then downsample with LANCZOS
@@ -641,9 +641,9 @@ def _skimage_data_dir() -> Path:
 
 
 def demo_photos(out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Copy scikit-image's astronaut and cameraman photos to ``out_dir`` as RGB PNGs.
+    """Copy scikit-image's astronaut and camera photos to ``out_dir`` as RGB PNGs.
 
-    Returns ``[out_dir/astronaut.png, out_dir/cameraman.png]``.
+    Returns ``[out_dir/astronaut.png, out_dir/camera.png]``.
     """
     src = _skimage_data_dir()
     out = Path(out_dir)

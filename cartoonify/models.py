@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .utils import move_module
+
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -605,7 +607,8 @@ def load_pipeline(
         name_or_path: Hub id, local diffusers folder, or ``TINY_MODEL``.
         revision: Hub revision (ignored by diffusers for local folders).
         variant: Weight variant such as ``"fp16"``; dropped for local folders that have no such files.
-        torch_dtype: Dtype of the loaded modules (diffusers' default, float32, when None).
+        torch_dtype: Dtype of every loaded module; float32 when None. (Left unset, transformers would load
+            the fp16 variant's text encoder and safety checker in fp16 next to an fp32 UNet.)
         safety_checker: If False, load without the safety checker (``safety_checker=None``).
         **kwargs: Passed on to ``StableDiffusionPipeline.from_pretrained`` (``use_safetensors`` defaults to True).
     """
@@ -613,8 +616,7 @@ def load_pipeline(
 
     resolved = _local_or_hub(resolve_model(name_or_path))
     kwargs.setdefault("use_safetensors", True)
-    if torch_dtype is not None:
-        kwargs.update(_dtype_kwargs("diffusers", torch_dtype))
+    kwargs.update(_dtype_kwargs("diffusers", torch_dtype or torch.float32))
     if not safety_checker:
         kwargs["safety_checker"] = None
         kwargs["requires_safety_checker"] = False
@@ -680,14 +682,7 @@ def build_sd15(device: str | torch.device = "cpu", dtype: torch.dtype = torch.fl
             "vae": AutoencoderKL(**SD15_VAE_CONFIG),
             "text_encoder": CLIPTextModel(CLIPTextConfig(**SD15_TEXT_ENCODER_CONFIG)),
         }
-    return {name: _cast(module, dtype) for name, module in modules.items()}
-
-
-def _cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """Casts ``module`` to ``dtype`` unless it already is (diffusers warns on every ``.to(dtype)``)."""
-    if all(p.dtype == dtype for p in module.parameters()):
-        return module
-    return module.to(dtype=dtype)
+    return {name: move_module(module, dtype=dtype) for name, module in modules.items()}
 
 
 def count_parameters(module: torch.nn.Module) -> int:

@@ -106,7 +106,10 @@ def ensure_class_images(config, device: str | torch.device | None = None, progre
     from .schedulers import make_scheduler
 
     device = resolve_device(device)
-    dtype = resolve_dtype(config.prior_generation_precision, device, "prior_generation_precision")
+    precision = config.prior_generation_precision
+    if precision == "no":  # as in diffusers' script: fp16 where it is usable, else fp32
+        precision = "fp16" if device.type == "cuda" else "fp32"
+    dtype = resolve_dtype(precision, device, "prior_generation_precision")
     pipe = load_pipeline(
         config.pretrained_model,
         revision=config.revision,

@@ -132,8 +132,9 @@ def generators(seeds: Sequence[int], device: str | torch.device) -> list[torch.G
 
 
 def _autocast(pipe, dtype: torch.dtype | None):
+    """Autocast to ``dtype`` on the pipeline's device (fp16 or bf16 frozen modules next to fp32 trained ones)."""
     device = pipe._execution_device
-    if dtype is None or dtype == torch.float32 or device.type != "cuda":
+    if dtype is None or dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
 
@@ -161,7 +162,7 @@ def text_to_image(
     """Generate ``len(seeds)`` images of ``prompt``; image ``i`` comes from ``seeds[i]`` alone.
 
     ``batch_size`` images go through the model at once (default: all). ``autocast_dtype`` runs the
-    call under CUDA autocast (fp16 validation of fp32 training weights).
+    call under autocast (fp16/bf16 validation of fp32 training weights).
     """
     seeds = [int(s) for s in seeds]
     batch_size = batch_size or max(1, len(seeds))

@@ -55,11 +55,6 @@ def resolve_scheduler(name: str) -> SchedulerSpec:
     )
 
 
-def resolve_scheduler_class(name: str) -> type:
-    """The diffusers class behind ``name``; raises ``KeyError`` naming it if there is none."""
-    return getattr(diffusers, resolve_scheduler(name).class_name)
-
-
 def make_scheduler(name: str, base_config: Any, **overrides: Any):
     """Build scheduler ``name`` from a base scheduler's ``config`` (a scheduler or its config dict).
 

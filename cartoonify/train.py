@@ -40,16 +40,19 @@ import torch
 import torch.nn.functional as F
 
 from .config import ConfigError, TrainConfig, load_mapping, parse_overrides
-from .utils import run_info, write_json
+from .data import ImageLoadError
+from .sample import pipeline_from_modules
+from .utils import move_module, resolve_device, run_info, write_json
 
 logger = logging.getLogger(__name__)
 
-LOG_COLUMNS = ("step", "loss", "loss_instance", "loss_prior", "lr", "grad_norm", "epoch", "time_s")
+LOG_COLUMNS = ("step", "loss", "loss_instance", "loss_prior", "lr", "grad_norm", "epoch", "wall_time")
 CHECKPOINT_MARKER = "checkpoint.json"
 # keys that may change when a run is resumed; any other difference is refused
 RESUMABLE_CHANGES = frozenset(
     {
         "resume_from_checkpoint",
+        "output_dir",
         "max_train_steps",
         "checkpointing_steps",
         "checkpoints_total_limit",
@@ -171,9 +174,14 @@ def training_step(
 # ------------------------------------------------------------------------------------------------
 
 
-def build_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
-    """bitsandbytes' AdamW8bit when ``use_8bit_adam`` (falling back to torch AdamW, with a warning, if
-    bitsandbytes cannot load), else torch AdamW; the write-up's betas, weight decay and epsilon."""
+def build_optimizer(params, config: TrainConfig, device: torch.device | str = "cpu") -> torch.optim.Optimizer:
+    """bitsandbytes' AdamW8bit when ``use_8bit_adam``, else torch AdamW; the write-up's betas, weight decay
+    and epsilon.
+
+    bitsandbytes is tried with one step on a probe tensor on ``device`` first: its native library often
+    imports fine and only fails at the first step. If it fails, training falls back to torch AdamW with
+    a warning that says why.
+    """
     kwargs = dict(
         lr=config.learning_rate,
         betas=(config.adam_beta1, config.adam_beta2),
@@ -185,11 +193,14 @@ def build_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
         try:
             import bitsandbytes as bnb
 
+            probe = torch.nn.Parameter(torch.zeros(4096, device=device))
+            probe.grad = torch.ones_like(probe)
+            bnb.optim.AdamW8bit([probe], **kwargs).step()
             return bnb.optim.AdamW8bit(params, **kwargs)
-        except Exception as err:  # ImportError, or a native library that fails to load
+        except Exception as err:  # ImportError, or a native library that fails to load or run
             warnings.warn(
-                f"use_8bit_adam=True but bitsandbytes could not be loaded ({type(err).__name__}: {err}); "
-                "falling back to torch.optim.AdamW (32-bit state: 4x the optimizer memory)",
+                f"use_8bit_adam=True but bitsandbytes' AdamW8bit does not work here ({type(err).__name__}: "
+                f"{err}); falling back to torch.optim.AdamW (32-bit state: 4x the optimizer memory)",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -228,23 +239,31 @@ def checkpoint_bytes(modules: Sequence[torch.nn.Module], use_8bit_adam: bool) ->
     return total
 
 
-def disk_plan(config: TrainConfig, modules: Sequence[torch.nn.Module], run_dir: Path) -> dict[str, Any]:
-    """What a full run will write to disk, compared with the free space; logged before training."""
-    per_ckpt = checkpoint_bytes(modules, config.use_8bit_adam)
+def disk_plan(
+    config: TrainConfig, trained: Sequence[torch.nn.Module], frozen: Sequence[torch.nn.Module], run_dir: Path
+) -> dict[str, Any]:
+    """What a full run will write to disk, compared with the free space; logged before training.
+
+    Old checkpoints are pruned only after a new one is complete, so with ``checkpoints_total_limit`` the
+    peak holds one checkpoint more than the limit. The final pipeline holds every module in fp32.
+    """
+    per_ckpt = checkpoint_bytes(trained, config.use_8bit_adam)
     n = math.ceil(config.max_train_steps / config.checkpointing_steps)
-    kept = n if config.checkpoints_total_limit is None else min(n, config.checkpoints_total_limit)
+    limit = config.checkpoints_total_limit
+    kept = n if limit is None else min(n, limit)
+    peak = kept + 1 if limit is not None and n > limit else kept
+    pipeline = 0
+    if config.save_final_pipeline:
+        pipeline = sum(p.numel() * 4 for m in [*trained, *frozen] if m is not None for p in m.parameters())
     free = shutil.disk_usage(run_dir).free
-    return {"checkpoint_bytes": per_ckpt, "checkpoints": n, "kept": kept, "bytes": per_ckpt * kept, "free": free}
-
-
-def move_module(module: torch.nn.Module, device=None, dtype: torch.dtype | None = None) -> torch.nn.Module:
-    """``module.to(device, dtype)``, skipping what already holds (diffusers warns on every dtype cast)."""
-    p = next(module.parameters())
-    if device is not None and p.device != torch.device(device):
-        module.to(device)
-    if dtype is not None and p.dtype != dtype:
-        module.to(dtype=dtype)
-    return module
+    return {
+        "checkpoint_bytes": per_ckpt,
+        "checkpoints": n,
+        "kept": kept,
+        "pipeline_bytes": pipeline,
+        "bytes": per_ckpt * peak + pipeline,
+        "free": free,
+    }
 
 
 def _gb(n: float) -> str:
@@ -254,6 +273,19 @@ def _gb(n: float) -> str:
 # ------------------------------------------------------------------------------------------------
 # run folder, checkpoints, logs
 # ------------------------------------------------------------------------------------------------
+
+
+def _release_accelerator_state(mixed_precision: str) -> None:
+    """Let a second run in the same Python process (a notebook kernel, a test session) use another
+    ``mixed_precision``: accelerate keeps one process-wide state that refuses a change. Only done in a
+    single, non-distributed process, where that state holds nothing else."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    if not AcceleratorState._shared_state or PartialState().num_processes != 1:
+        return
+    if AcceleratorState().mixed_precision != mixed_precision:
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
 
 
 def checkpoint_step(path: Path) -> int:
@@ -293,14 +325,13 @@ def find_checkpoint(run_dir: Path, which: str) -> Path | None:
     return path
 
 
-def prepare_run_dir(config: TrainConfig) -> Path:
-    """Create the run folder and record the config and run info, refusing to clobber an existing run.
+def check_run_dir(config: TrainConfig) -> Path:
+    """Refuse to clobber an existing run; returns the run folder (not created here).
 
     A folder holding checkpoints or a final pipeline is only reused to resume, and only with a config
     that differs from the saved one in the keys of :data:`RESUMABLE_CHANGES`.
     """
     run_dir = Path(config.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     existing = list_checkpoints(run_dir)
     saved_path = run_dir / "config.json"
     if config.resume_from_checkpoint is None:
@@ -315,19 +346,31 @@ def prepare_run_dir(config: TrainConfig) -> Path:
         current = config.to_dict()
         changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         refused = [k for k in changed if k not in RESUMABLE_CHANGES]
+        if "max_train_steps" in changed and config.lr_scheduler != "constant":
+            warnings.warn(
+                f"resuming with max_train_steps={config.max_train_steps} (was {saved.get('max_train_steps')}) "
+                f"reshapes the {config.lr_scheduler!r} learning-rate schedule from here on",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         if refused:
             raise ConfigError(
                 f"cannot resume {run_dir} with a different config: key(s) {', '.join(refused)} differ from "
                 f"{saved_path} (e.g. {refused[0]}: saved {saved.get(refused[0])!r}, now {current.get(refused[0])!r})"
             )
-    config.save(saved_path)
+    return run_dir
+
+
+def record_run(config: TrainConfig, run_dir: Path) -> None:
+    """Write ``config.json`` and ``run_info.json`` (git commit, versions, machine; resumes are appended)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.save(run_dir / "config.json")
     info_path = run_dir / "run_info.json"
     info = run_info()
     if config.resume_from_checkpoint is not None and info_path.is_file():
         first = json.loads(info_path.read_text())
         info = {**first, "resumes": first.get("resumes", []) + [info]}
     write_json(info_path, info)
-    return run_dir
 
 
 class LossLog:
@@ -381,17 +424,20 @@ class DreamBoothTrainer:
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration, set_seed
 
+        from diffusers.optimization import get_scheduler
+
         from .models import load_components, load_safety_components, resolve_model
         from .prior import ensure_class_images
+        from .schedulers import make_scheduler
 
         self.config = config = config.validate()
         self.progress = progress
         self.callbacks = list(callbacks)
-        self.run_dir = prepare_run_dir(config)
+        self.run_dir = check_run_dir(config)
         self.model_path = resolve_model(config.pretrained_model, config.resolution)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        mixed_precision = resolve_mixed_precision(config.mixed_precision, device)
-        self.accelerator = Accelerator(
+        mixed_precision = resolve_mixed_precision(config.mixed_precision, resolve_device())
+        _release_accelerator_state(mixed_precision)
+        self.accelerator = acc = Accelerator(
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             mixed_precision=mixed_precision,
             log_with=None if config.report_to == "none" else config.report_to,
@@ -399,68 +445,70 @@ class DreamBoothTrainer:
                 project_dir=str(self.run_dir), logging_dir=str(self.run_dir / config.logging_dir)
             ),
         )
+        if acc.is_main_process:
+            record_run(config, self.run_dir)
         set_seed(config.seed)
         if config.with_prior_preservation:
-            ensure_class_images(
-                config.replace(pretrained_model=self.model_path), self.accelerator.device, progress=progress
-            )
+            with acc.main_process_first():  # the main process generates, the others then find them
+                ensure_class_images(config.replace(pretrained_model=self.model_path), acc.device, progress=progress)
 
         parts = load_components(self.model_path, revision=config.revision, variant=config.variant)
         self.tokenizer = parts["tokenizer"]
         self.noise_scheduler = parts["noise_scheduler"]
         self.base_scheduler = parts["scheduler"]
+        # built now so that a scheduler that cannot be built fails here, not at the first validation
+        self.validation_scheduler = make_scheduler(config.validation_scheduler, self.base_scheduler)
         self.vae, unet, text_encoder = parts["vae"], parts["unet"], parts["text_encoder"]
-        self.safety_checker, self.feature_extractor = load_safety_components(
-            self.model_path, revision=config.revision, variant=config.variant
-        )
+        self.safety_checker, self.feature_extractor = None, None
+        if acc.is_main_process and config.num_validation_images:
+            self.safety_checker, self.feature_extractor = load_safety_components(
+                self.model_path, revision=config.revision, variant=config.variant
+            )
+            if self.safety_checker is not None:
+                move_module(self.safety_checker, acc.device, self.weight_dtype_for(acc))
         self.vae.requires_grad_(False)
         text_encoder.requires_grad_(config.train_text_encoder)
         if config.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
             if config.train_text_encoder:
                 text_encoder.gradient_checkpointing_enable()
+        # trainable weights stay fp32 under fp16 autocast (load_components loads fp32): the guard against
+        # "Attempting to unscale FP16 gradients"
         trained = [unet, text_encoder] if config.train_text_encoder else [unet]
-        for module in trained:
-            if next(module.parameters()).dtype != torch.float32:  # the "unscale FP16 gradients" guard
-                module.to(torch.float32)
 
-        self.dataset, self.sampler, self.dataloader = None, None, None
         self._build_data()
-        optimizer = build_optimizer(itertools.chain(*(m.parameters() for m in trained)), config)
+        optimizer = build_optimizer(itertools.chain(*(m.parameters() for m in trained)), config, acc.device)
         self.optimizer_name = f"{type(optimizer).__module__}.{type(optimizer).__name__}"
-        from diffusers.optimization import get_scheduler
-
         lr_scheduler = get_scheduler(
             config.lr_scheduler,
             optimizer=optimizer,
-            num_warmup_steps=config.lr_warmup_steps * self.accelerator.num_processes,
-            num_training_steps=config.max_train_steps * self.accelerator.num_processes,
+            num_warmup_steps=config.lr_warmup_steps * acc.num_processes,
+            num_training_steps=config.max_train_steps * acc.num_processes,
         )
-        if config.train_text_encoder:
-            unet, text_encoder, optimizer, lr_scheduler = self.accelerator.prepare(
-                unet, text_encoder, optimizer, lr_scheduler
-            )
-        else:
-            unet, optimizer, lr_scheduler = self.accelerator.prepare(unet, optimizer, lr_scheduler)
-        self.unet, self.text_encoder, self.optimizer, self.lr_scheduler = unet, text_encoder, optimizer, lr_scheduler
-        self.trained = [unet, text_encoder] if config.train_text_encoder else [unet]
+        *trained, optimizer, lr_scheduler = acc.prepare(*trained, optimizer, lr_scheduler)
+        self.trained = trained
+        self.unet = trained[0]
+        self.text_encoder = trained[1] if config.train_text_encoder else text_encoder
+        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
 
-        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision)
-        self.weight_dtype = weight_dtype or torch.float32
-        move_module(self.vae, self.accelerator.device, self.weight_dtype)
+        self.weight_dtype = self.weight_dtype_for(acc)
+        move_module(self.vae, acc.device, self.weight_dtype)
         if not config.train_text_encoder:
-            move_module(self.text_encoder, self.accelerator.device, self.weight_dtype)
-        self.generator = torch.Generator(device=self.accelerator.device).manual_seed(
-            config.seed + self.accelerator.process_index
-        )
-        self.accelerator.register_save_state_pre_hook(self._save_models_hook)
-        self.accelerator.register_load_state_pre_hook(self._load_models_hook)
+            move_module(self.text_encoder, acc.device, self.weight_dtype)
+        self.generator = torch.Generator(device=acc.device).manual_seed(config.seed + acc.process_index)
+        acc.register_save_state_pre_hook(self._save_models_hook)
+        acc.register_load_state_pre_hook(self._load_models_hook)
 
         self.global_step = 0
         self.micro_step = 0
         if config.resume_from_checkpoint is not None:
             self._resume(config.resume_from_checkpoint)
         self.sampler.start = self.micro_step
+
+    @staticmethod
+    def weight_dtype_for(accelerator) -> torch.dtype:
+        """The dtype of the frozen modules (VAE; text encoder when not trained): the mixed-precision dtype."""
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
     # -- data -----------------------------------------------------------------------------------
     def _build_data(self) -> None:
@@ -488,7 +536,7 @@ class DreamBoothTrainer:
         self.dataloader = torch.utils.data.DataLoader(
             self.dataset,
             batch_sampler=self.sampler,
-            collate_fn=partial(collate_examples, with_prior_preservation=c.with_prior_preservation),
+            collate_fn=partial(collate_examples, with_prior_preservation=self.dataset.with_prior_preservation),
             num_workers=c.dataloader_num_workers,
         )
 
@@ -540,11 +588,19 @@ class DreamBoothTrainer:
         root.mkdir(parents=True, exist_ok=True)
         final = root / f"checkpoint-{self.global_step}"
         tmp = root / f".tmp-checkpoint-{self.global_step}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        self.accelerator.save_state(str(tmp), safe_serialization=True)
-        if self.accelerator.is_main_process:
-            save_file({"noise_generator": self.generator.get_state()}, str(tmp / "trainer_rng.safetensors"))
+        acc = self.accelerator
+        if acc.is_main_process:
+            for stale in (tmp, root / f".old-checkpoint-{self.global_step}"):  # left by a crash
+                if stale.exists():
+                    shutil.rmtree(stale)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp), safe_serialization=True)
+        save_file(
+            {"noise_generator": self.generator.get_state()},
+            str(tmp / f"trainer_rng_{acc.process_index}.safetensors"),
+        )
+        acc.wait_for_everyone()  # every process has written its RNG states
+        if acc.is_main_process:
             state = {"global_step": self.global_step, "micro_step": self.micro_step, "epoch": self.epoch}
             write_json(tmp / "trainer_state.json", state)
             files = {
@@ -559,6 +615,7 @@ class DreamBoothTrainer:
             else:
                 os.replace(tmp, final)
             self._prune_checkpoints()
+        acc.wait_for_everyone()
         return final
 
     def _prune_checkpoints(self) -> None:
@@ -580,13 +637,13 @@ class DreamBoothTrainer:
         self.accelerator.load_state(str(path))
         state = json.loads((path / "trainer_state.json").read_text())
         self.global_step, self.micro_step = int(state["global_step"]), int(state["micro_step"])
-        self.generator.set_state(load_file(str(path / "trainer_rng.safetensors"))["noise_generator"])
+        rng_file = path / f"trainer_rng_{self.accelerator.process_index}.safetensors"
+        self.generator.set_state(load_file(str(rng_file))["noise_generator"])
         self._log(f"resumed from {path} at step {self.global_step}")
 
     # -- validation -----------------------------------------------------------------------------
     def pipeline(self, scheduler: str | None = None):
         """A pipeline over the modules in memory (nothing reloaded), with ``scheduler`` for sampling."""
-        from .sample import pipeline_from_modules
         from .schedulers import make_scheduler
 
         return pipeline_from_modules(
@@ -594,7 +651,7 @@ class DreamBoothTrainer:
             text_encoder=self._unwrap(self.text_encoder),
             vae=self.vae,
             tokenizer=self.tokenizer,
-            scheduler=make_scheduler(scheduler or self.config.validation_scheduler, self.base_scheduler),
+            scheduler=self.validation_scheduler if scheduler is None else make_scheduler(scheduler, self.base_scheduler),
             safety_checker=self.safety_checker,
             feature_extractor=self.feature_extractor,
         )
@@ -644,25 +701,32 @@ class DreamBoothTrainer:
 
         c, acc = self.config, self.accelerator
         result = TrainResult(self.run_dir, self.global_step, optimizer=self.optimizer_name)
-        plan = disk_plan(c, [self._unwrap(m) for m in self.trained], self.run_dir)
+        frozen = [self.vae, self.safety_checker] + ([] if c.train_text_encoder else [self.text_encoder])
+        plan = disk_plan(c, [self._unwrap(m) for m in self.trained], frozen, self.run_dir)
         self._log(
-            f"disk: {plan['kept']} checkpoint(s) x {_gb(plan['checkpoint_bytes'])} = {_gb(plan['bytes'])} "
-            f"for a full run ({plan['checkpoints']} saved); {_gb(plan['free'])} free in {self.run_dir}"
+            f"disk: a full run writes {plan['checkpoints']} checkpoint(s) of {_gb(plan['checkpoint_bytes'])}, "
+            f"keeps {plan['kept']}, plus a {_gb(plan['pipeline_bytes'])} pipeline: about {_gb(plan['bytes'])} "
+            f"at its peak; {_gb(plan['free'])} free in {self.run_dir}"
         )
         if plan["bytes"] > plan["free"]:
             warnings.warn(
-                f"a full run needs about {_gb(plan['bytes'])} of checkpoints but only {_gb(plan['free'])} is "
-                f"free; lower checkpoints_total_limit or free space",
+                f"a full run needs about {_gb(plan['bytes'])} but only {_gb(plan['free'])} is free in "
+                f"{self.run_dir}; lower checkpoints_total_limit or free space",
                 RuntimeWarning,
                 stacklevel=2,
             )
         if acc.is_main_process and c.report_to != "none":
             hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in c.to_dict().items()}
             acc.init_trackers("dreambooth", config=hparams)
-        log = LossLog(self.run_dir / c.logging_dir / "train_log.csv", self.global_step)
-        result.log_csv = log.path
+        main = acc.is_main_process
+        log = LossLog(self.run_dir / c.logging_dir / "train_log.csv", self.global_step) if main else None
+        result.log_csv = log.path if log else None
         bar = tqdm(
-            total=c.max_train_steps, initial=self.global_step, desc="Steps", disable=not self.progress, unit="step"
+            total=c.max_train_steps,
+            initial=self.global_step,
+            desc="Steps",
+            disable=not (self.progress and main),
+            unit="step",
         )
         params = [p for m in self.trained for p in m.parameters()]
         data = iter(self.dataloader)
@@ -702,32 +766,43 @@ class DreamBoothTrainer:
                 result.steps_run += 1
                 if not math.isfinite(row["loss"]):
                     raise NonFiniteLossError(self._nonfinite_message(row["loss"]))
-                log.write(row)
+                if log:
+                    log.write(row)
                 acc.log({k: row[k] for k in ("loss", "loss_instance", "loss_prior", "lr", "grad_norm") if row[k] is not None}, step=self.global_step)
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
                 for cb in self.callbacks:
                     cb(self, row)
                 if self.global_step % c.checkpointing_steps == 0:
-                    result.checkpoints.append(self.save_checkpoint())
-                    self._log(f"saved {result.checkpoints[-1]}")
-                    if c.num_validation_images:
-                        result.validation_dirs.append(self.validate())
-            if c.num_validation_images and self.global_step % c.checkpointing_steps != 0:
-                result.validation_dirs.append(self.validate())  # the end of a run off the checkpoint grid
-            if c.save_final_pipeline:
+                    self._checkpoint_and_validate(result)
+            if result.steps_run and self.global_step % c.checkpointing_steps != 0:
+                self._checkpoint_and_validate(result)  # the end of a run off the checkpoint grid
+            if c.save_final_pipeline and main:
                 result.pipeline_dir = self.save_pipeline()
+            acc.wait_for_everyone()
         finally:
             bar.close()
-            log.close()
+            if log:
+                log.close()
             acc.end_training()
         result.global_step = self.global_step
         return result
 
+    def _checkpoint_and_validate(self, result: TrainResult) -> None:
+        result.checkpoints.append(self.save_checkpoint())
+        self._log(f"saved {result.checkpoints[-1]}")
+        if self.config.num_validation_images and self.accelerator.is_main_process:
+            result.validation_dirs.append(self.validate())
+
     def _row(self, losses, grad_norm) -> dict[str, Any]:
+        """The log row of the step just taken; losses are averaged over micro-batches and processes (so
+        every process sees the same values and stops together on a non-finite loss)."""
+
         def mean(xs):
             xs = [x for x in xs if x is not None]
-            return float(torch.stack(xs).float().mean()) if xs else None
+            if not xs:
+                return None
+            return float(self.accelerator.reduce(torch.stack(xs).float().mean(), reduction="mean"))
 
         return {
             "step": self.global_step,
@@ -736,8 +811,8 @@ class DreamBoothTrainer:
             "loss_prior": mean([l[2] for l in losses]),
             "lr": self.lr_scheduler.get_last_lr()[0],
             "grad_norm": None if grad_norm is None else float(grad_norm),
-            "epoch": self.epoch,
-            "time_s": round(time.time(), 3),
+            "epoch": (self.micro_step - 1) // self.sampler.batches_per_epoch,  # of the batches just trained
+            "wall_time": round(time.time(), 3),
         }
 
     def _nonfinite_message(self, value: float) -> str:
@@ -750,17 +825,37 @@ class DreamBoothTrainer:
         )
 
     def save_pipeline(self) -> Path:
-        """Write the fine-tuned pipeline (diffusers format, safetensors) to ``pipeline/``, atomically."""
+        """Write the fine-tuned pipeline (diffusers format, safetensors) to ``pipeline/``, atomically.
+
+        The trained modules are saved as they are (fp32). Frozen modules that were cast to the
+        mixed-precision dtype for training are taken from the base model again, in fp32.
+        """
+        from .models import load_components, load_safety_components
+
+        c = self.config
         out = self.run_dir / "pipeline"
         tmp = self.run_dir / ".tmp-pipeline"
         if tmp.exists():
             shutil.rmtree(tmp)
-        move_module(self.vae, dtype=torch.float32)
-        pipe = self.pipeline(scheduler=type(self.base_scheduler).__name__)
-        pipe.scheduler = self.base_scheduler
-        pipe.register_to_config(requires_safety_checker=self.safety_checker is not None)
+        vae, text_encoder = self.vae, self._unwrap(self.text_encoder)
+        checker, extractor = self.safety_checker, self.feature_extractor
+        if self.weight_dtype != torch.float32:
+            base = load_components(self.model_path, revision=c.revision, variant=c.variant)
+            vae = base["vae"]
+            if not c.train_text_encoder:
+                text_encoder = base["text_encoder"]
+            checker, extractor = load_safety_components(self.model_path, revision=c.revision, variant=c.variant)
+        pipe = pipeline_from_modules(
+            unet=self._unwrap(self.unet),
+            text_encoder=text_encoder,
+            vae=vae,
+            tokenizer=self.tokenizer,
+            scheduler=self.base_scheduler,
+            safety_checker=checker,
+            feature_extractor=extractor,
+        )
+        pipe.register_to_config(requires_safety_checker=checker is not None)
         pipe.save_pretrained(str(tmp), safe_serialization=True)
-        move_module(self.vae, dtype=self.weight_dtype)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -789,7 +884,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
     parser.add_argument("--config", help="YAML or JSON file of TrainConfig keys")
     args, rest = parser.parse_known_args(argv)
     data = load_mapping(args.config) if args.config else {}
-    data.update(parse_overrides(rest))
+    data.update(parse_overrides(rest, TrainConfig))
     return TrainConfig.from_dict(data)
 
 
@@ -797,10 +892,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         config = config_from_args(argv)
-    except (ConfigError, FileNotFoundError) as err:
+        result = train(config)
+    except (ConfigError, FileNotFoundError, RunExistsError, ImageLoadError, NonFiniteLossError) as err:
+        # DataFolderError is a FileNotFoundError; every message names the key, file, folder or step
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result = train(config)
     print(
         f"done: {result.global_step} steps in {result.output_dir} "
         f"({result.steps_per_second:.2f} steps/s over {result.steps_run} steps); "

@@ -131,7 +131,7 @@ def resolve_dtype(precision: str, device: "torch.device", what: str = "precision
     """Map "fp16"/"bf16"/"fp32"/"no" to a dtype usable on ``device``; fp16 on CPU falls back to fp32 with a warning."""
     import torch
 
-    if precision in ("no", "fp32"):
+    if precision in ("no", "fp32"):  # "no": no reduced precision
         return torch.float32
     if precision == "bf16":
         return torch.bfloat16
@@ -143,3 +143,17 @@ def resolve_dtype(precision: str, device: "torch.device", what: str = "precision
             return torch.float32
         return torch.float16
     raise ValueError(f"unknown {what} {precision!r}; expected one of no, fp32, fp16, bf16")
+
+
+def move_module(module, device=None, dtype=None):
+    """``module.to(device, dtype)``, skipping what already holds (diffusers warns on every dtype cast)."""
+    import torch
+
+    p = next(module.parameters(), None)
+    if p is None:
+        return module
+    if device is not None and p.device != torch.device(device):
+        module.to(device)
+    if dtype is not None and p.dtype != dtype:
+        module.to(dtype=dtype)
+    return module

@@ -115,3 +115,20 @@ def test_shipped_configs_load():
     }
     demo = TrainConfig.load(root / "demo.yaml").validate()
     assert demo.pretrained_model == "embedded:tiny" and demo.resolution == 64
+
+
+def test_yaml_no_is_a_string_and_cli_keeps_string_fields(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("mixed_precision: no\nprior_generation_precision: no\ncenter_crop: false\n")
+    c = TrainConfig.load(path)
+    assert (c.mixed_precision, c.prior_generation_precision, c.center_crop) == ("no", "no", False)
+    c = config_from_args(
+        ["--mixed_precision", "no", "--revision", "1.0", "--instance_prompt", "sks: dog", "--variant", "None"]
+    )
+    assert (c.mixed_precision, c.revision, c.instance_prompt, c.variant) == ("no", "1.0", "sks: dog", None)
+
+
+def test_prior_preservation_needs_class_images():
+    with pytest.raises(ConfigError, match="num_class_images"):
+        TrainConfig(num_class_images=0).validate()
+    TrainConfig(num_class_images=0, with_prior_preservation=False).validate()

@@ -128,7 +128,7 @@ def test_bad_size() -> None:
 
 def test_demo_photos(tmp_path: Path) -> None:
     paths = demo_photos(tmp_path)
-    assert [p.name for p in paths] == ["astronaut.png", "cameraman.png"]
+    assert [p.name for p in paths] == ["astronaut.png", "camera.png"]
     for path in paths:
         with Image.open(path) as im:
             assert im.mode == "RGB"
@@ -139,10 +139,10 @@ def test_demo_photos(tmp_path: Path) -> None:
 
 
 def test_demo_photos_conflict(tmp_path: Path) -> None:
-    (tmp_path / "cameraman.png").write_bytes(b"x")
-    with pytest.raises(FileExistsError, match="cameraman.png"):
+    (tmp_path / "camera.png").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="camera.png"):
         demo_photos(tmp_path)
-    assert (tmp_path / "cameraman.png").read_bytes() == b"x"
+    assert (tmp_path / "camera.png").read_bytes() == b"x"
 
 
 def test_demo_photos_without_skimage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,4 +160,4 @@ def test_make_demo_dataset_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture
     assert len(list(dirs["photos_dir"].glob("*.png"))) == 2
     assert main([str(tmp_path / "a"), "--size", "32", "--n", "4"]) == 0
     out = capsys.readouterr().out
-    assert "style-003.png" in out and "cameraman.png" in out
+    assert "style-003.png" in out and "camera.png" in out

@@ -252,6 +252,11 @@ def test_variant_files_are_used_and_upcast(tiny_path, tmp_path):
     parts = load_components(str(half), variant="fp16")
     for name in ("text_encoder", "vae", "unet"):
         assert all(p.dtype == torch.float32 for p in parts[name].parameters()), name
+    # the default dtype is fp32 for every module (not fp16 for transformers' and fp32 for diffusers')
+    pipe = load_pipeline(str(half), variant="fp16")
+    for name in ("text_encoder", "vae", "unet"):
+        assert all(p.dtype == torch.float32 for p in getattr(pipe, name).parameters()), name
+    assert pipe("x", num_inference_steps=2, output_type="np").images.shape == (1, 64, 64, 3)
 
 
 def test_load_components(tiny_path):

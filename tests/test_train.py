@@ -88,7 +88,8 @@ def test_unet_and_text_encoder_change_vae_does_not(trained_run):
     te = tr._unwrap(tr.text_encoder).state_dict()
     changed = lambda new, old: sum(not torch.equal(new[k], old[k]) for k in old)  # noqa: E731
     assert changed(unet, initial["unet"]) > 0.9 * len(unet)
-    assert changed(te, initial["text_encoder"]) > 0  # embeddings/positions of used tokens and layers
+    layer_keys = [k for k in initial["text_encoder"] if ".layers." in k]
+    assert sum(not torch.equal(te[k], initial["text_encoder"][k]) for k in layer_keys) == len(layer_keys)
     assert changed(tr.vae.state_dict(), initial["vae"]) == 0
     assert all(not p.requires_grad for p in tr.vae.parameters())
 
@@ -139,6 +140,8 @@ def test_checkpoints_at_configured_steps_and_reload(trained_run):
         step = int(ckpt.name.split("-")[1])
         assert (ckpt / "unet" / "diffusion_pytorch_model.safetensors").is_file()
         assert (ckpt / "text_encoder" / "model.safetensors").is_file()
+        for name in ("optimizer.bin", "scheduler.bin", "random_states_0.pkl", "trainer_rng_0.safetensors"):
+            assert (ckpt / name).is_file(), name  # what resume needs
         marker = json.loads((ckpt / "checkpoint.json").read_text())
         assert marker["global_step"] == step
         modules = load_trained_modules(ckpt)
@@ -169,6 +172,9 @@ def test_final_pipeline_loads(trained_run):
     sd = pipe.unet.state_dict()
     snap = trained_run["snapshots"][4]["unet"]
     assert all(torch.equal(sd[k], snap[k]) for k in snap)
+    te = pipe.text_encoder.state_dict()
+    assert all(torch.equal(te[k], v) for k, v in trained_run["snapshots"][4]["text_encoder"].items())
+    assert type(pipe.scheduler).__name__ == "PNDMScheduler"  # the model's own sampler, not the DDPM noise one
     out = pipe("a person, Disney style", num_inference_steps=2, output_type="np")
     assert out.images.shape == (1, 64, 64, 3)
 
@@ -180,7 +186,10 @@ def test_existing_run_is_not_overwritten(trained_run):
         train(trained_run["config"], progress=False)
 
 
-def test_resume_continues_from_latest(small_config):
+def test_resume_continues_from_latest(small_config, trained_run):
+    """2 steps, then a resume to 4: the weights equal the uninterrupted 4-step run's, bit for bit."""
+    from cartoonify.config import ConfigError
+    from cartoonify.sample import load_trained_modules
     from cartoonify.train import train
 
     first = train(small_config(max_train_steps=2, num_validation_images=0, save_final_pipeline=False), progress=False)
@@ -191,7 +200,13 @@ def test_resume_continues_from_latest(small_config):
     assert second.global_step == 4 and second.steps_run == 2
     rows = read_loss_log(second.log_csv)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
-    with pytest.raises(Exception, match="learning_rate"):
+    straight = read_loss_log(trained_run["result"].log_csv)
+    assert [r["loss"] for r in rows] == [r["loss"] for r in straight]
+    resumed = load_trained_modules(second.checkpoints[-1])
+    for name in ("unet", "text_encoder"):
+        sd = resumed[name].state_dict()
+        assert all(torch.equal(sd[k], v) for k, v in trained_run["snapshots"][4][name].items()), name
+    with pytest.raises(ConfigError, match="learning_rate"):
         train(small_config(max_train_steps=6, learning_rate=0.5, resume_from_checkpoint="latest"), progress=False)
 
 
@@ -264,3 +279,74 @@ def test_validation_records_safety_checker_flags(tmp_path, small_config):
     from PIL import Image
 
     assert all(np.asarray(Image.open(vdir / r["file"])).max() == 0 for r in meta["images"])
+
+
+def test_frozen_text_encoder_accumulation_random_crop_no_prior(small_config, tiny_model):
+    """The other branches of the loop: a frozen text encoder, gradient accumulation, random crops, no
+    prior preservation, and the default fp16 that falls back to fp32 on CPU with a warning."""
+    from cartoonify.models import load_components
+    from cartoonify.train import DreamBoothTrainer
+
+    cfg = small_config(
+        train_text_encoder=False,
+        gradient_accumulation_steps=2,
+        center_crop=False,
+        with_prior_preservation=False,
+        max_train_steps=3,
+        checkpointing_steps=2,
+        num_validation_images=1,
+        mixed_precision="fp16",
+    )
+    with pytest.warns(RuntimeWarning, match="fp16"):
+        trainer = DreamBoothTrainer(cfg, progress=False)
+    assert trainer.accelerator.mixed_precision == "no"
+    assert not any(p.requires_grad for p in trainer.text_encoder.parameters())
+    res = trainer.run()
+    assert trainer.micro_step == 6 and res.global_step == 3
+    # the run ends off the checkpoint grid (3 % 2): a final checkpoint and validation are still written
+    assert [c.name for c in res.checkpoints] == ["checkpoint-2", "checkpoint-3"]
+    assert [d.name for d in res.validation_dirs] == ["step-2", "step-3"]
+    assert not (res.checkpoints[-1] / "text_encoder").exists()
+    rows = read_loss_log(res.log_csv)
+    assert all(np.isnan(r["loss_prior"]) for r in rows)
+    assert [r["epoch"] for r in rows] == [0, 0, 1]  # 8 images, batches of 2: 4 micro-batches (2 steps) an epoch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(res.pipeline_dir)
+    base = load_components(str(tiny_model), variant=None)["text_encoder"].state_dict()
+    assert all(torch.equal(pipe.text_encoder.state_dict()[k], v) for k, v in base.items())
+    assert pipe("x", num_inference_steps=2, output_type="np").images.shape == (1, 64, 64, 3)
+
+
+def test_bf16_on_cpu_trains_and_validates(small_config):
+    from cartoonify.train import train
+
+    res = train(
+        small_config(mixed_precision="bf16", max_train_steps=1, checkpointing_steps=1, save_final_pipeline=False),
+        progress=False,
+    )
+    meta = json.loads((res.validation_dirs[0] / "images.json").read_text())
+    assert len(meta["images"]) == 2
+
+
+def test_corrupt_image_stops_before_training(small_config, demo_data, tmp_path):
+    import shutil
+
+    from cartoonify.data import ImageLoadError
+    from cartoonify.train import train
+
+    inst = tmp_path / "inst"
+    shutil.copytree(demo_data["instance_dir"], inst)
+    (inst / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(ImageLoadError, match="broken.png"):
+        train(small_config(instance_dir=str(inst), output_dir=str(tmp_path / "r")), progress=False)
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_cli_reports_config_errors_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cartoonify.train", "--resolution", "500", "--output_dir", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "'resolution'" in proc.stderr and "Traceback" not in proc.stderr
