@@ -423,15 +423,10 @@ def _build_tiny_pipeline(
     safety_checker, feature_extractor = (
         _build_tiny_safety_checker(seed) if with_safety_checker else (None, None)
     )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=safety_checker,
-        feature_extractor=feature_extractor,
-        requires_safety_checker=with_safety_checker,
+    from .sample import pipeline_from_modules
+
+    return pipeline_from_modules(
+        unet, text_encoder, vae, tokenizer, scheduler, safety_checker, feature_extractor, with_safety_checker
     )
 
 

@@ -102,6 +102,7 @@ def pipeline_from_modules(
     scheduler,
     safety_checker=None,
     feature_extractor=None,
+    requires_safety_checker: bool = False,
 ):
     """A ``StableDiffusionPipeline`` over modules already in memory (no reload from disk)."""
     from diffusers import StableDiffusionPipeline
@@ -114,7 +115,7 @@ def pipeline_from_modules(
         scheduler=scheduler,
         safety_checker=safety_checker,
         feature_extractor=feature_extractor,
-        requires_safety_checker=False,
+        requires_safety_checker=requires_safety_checker,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

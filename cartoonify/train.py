@@ -853,8 +853,8 @@ class DreamBoothTrainer:
             scheduler=self.base_scheduler,
             safety_checker=checker,
             feature_extractor=extractor,
+            requires_safety_checker=checker is not None,
         )
-        pipe.register_to_config(requires_safety_checker=checker is not None)
         pipe.save_pretrained(str(tmp), safe_serialization=True)
         if out.exists():
             shutil.rmtree(out)

@@ -43,49 +43,15 @@ def class_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("class_images")
 
 
-@pytest.fixture
-def small_config(tiny_model, demo_data, class_dir, tmp_path):
-    """A factory of short CPU runs on the tiny model (override any key)."""
+def _small_run(tiny_model, demo_data, class_images, run_dir, **overrides):
+    """A short CPU run on the tiny model: 64 px, batch 2 + 2 class images, checkpoints every 2 steps."""
     from cartoonify.config import TrainConfig
 
-    def make(**overrides) -> TrainConfig:
-        base = dict(
-            pretrained_model=str(tiny_model),
-            instance_dir=str(demo_data["instance_dir"]),
-            class_dir=str(class_dir),
-            output_dir=str(tmp_path / "run"),
-            resolution=64,
-            num_class_images=4,
-            sample_batch_size=4,
-            class_inference_steps=4,
-            train_batch_size=2,
-            max_train_steps=4,
-            checkpointing_steps=2,
-            learning_rate=1e-3,
-            mixed_precision="no",
-            prior_generation_precision="fp32",
-            num_validation_images=2,
-            validation_inference_steps=3,
-            report_to="none",
-        )
-        base.update(overrides)
-        return TrainConfig.from_dict(base)
-
-    return make
-
-
-@pytest.fixture(scope="session")
-def trained_run(tiny_model, demo_data, class_dir, tmp_path_factory):
-    """One short training run (4 steps, checkpoints at 2 and 4) shared by the read-only tests."""
-    from cartoonify.config import TrainConfig
-    from cartoonify.train import DreamBoothTrainer
-
-    out = tmp_path_factory.mktemp("trained") / "run"
-    config = TrainConfig(
+    base = dict(
         pretrained_model=str(tiny_model),
         instance_dir=str(demo_data["instance_dir"]),
-        class_dir=str(class_dir),
-        output_dir=str(out),
+        class_dir=str(class_images),
+        output_dir=str(run_dir),
         resolution=64,
         num_class_images=4,
         sample_batch_size=4,
@@ -98,8 +64,24 @@ def trained_run(tiny_model, demo_data, class_dir, tmp_path_factory):
         prior_generation_precision="fp32",
         num_validation_images=2,
         validation_inference_steps=3,
-        report_to="tensorboard",
+        report_to="none",
     )
+    return TrainConfig.from_dict({**base, **overrides})
+
+
+@pytest.fixture
+def small_config(tiny_model, demo_data, class_dir, tmp_path):
+    """A factory of short CPU runs on the tiny model (override any key)."""
+    return lambda **overrides: _small_run(tiny_model, demo_data, class_dir, tmp_path / "run", **overrides)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_model, demo_data, class_dir, tmp_path_factory):
+    """One short training run (4 steps, checkpoints at 2 and 4) shared by the read-only tests."""
+    from cartoonify.train import DreamBoothTrainer
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    config = _small_run(tiny_model, demo_data, class_dir, out, report_to="tensorboard")
     snapshots = {}
 
     def snapshot(trainer, row):
