@@ -68,8 +68,49 @@ class ConfigError(ValueError):
     """A configuration key is unknown, or its value has the wrong type or an invalid value."""
 
 
+class ConfigBase:
+    """Shared behaviour of the config dataclasses: dict/YAML/JSON round trip with strict checks."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every field, in declaration order."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        """Build a config from a dict, refusing unknown keys and wrong types (the key is named)."""
+        return _from_dict(cls, data)
+
+    @classmethod
+    def from_parameters(cls, namespace: dict[str, Any], **overrides: Any):
+        """Build a config from the fields found in ``namespace`` (a notebook's ``globals()``, or a
+        parameters file), ignoring other names; ``overrides`` win."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls.from_dict({**{k: v for k, v in namespace.items() if k in names}, **overrides})
+
+    @classmethod
+    def load(cls, path: str | Path):
+        """Load a YAML (``.yaml``/``.yml``) or JSON file."""
+        return cls.from_dict(load_mapping(path))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the config as YAML or JSON, chosen by the file's suffix."""
+        return save_mapping(self.to_dict(), path)
+
+    def to_yaml(self) -> str:
+        """The config as YAML text, in declaration order."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def replace(self, **changes: Any):
+        """A copy with some fields changed, type-checked like :meth:`from_dict`."""
+        return self.from_dict({**self.to_dict(), **changes})
+
+    def validate(self):
+        """Check values that a type alone cannot; returns self."""
+        return self
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigBase):
     """Settings of one DreamBooth run; the defaults are the write-up's.
 
     Paths are used as given (relative paths are relative to the working directory of the process).
@@ -136,29 +177,6 @@ class TrainConfig:
 
     seed: int = 42
 
-    # --------------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of every field, in declaration order."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        """Build a config from a dict, refusing unknown keys and wrong types (the key is named)."""
-        return _from_dict(cls, data)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
-        """Load a YAML (``.yaml``/``.yml``) or JSON file."""
-        return cls.from_dict(load_mapping(path))
-
-    def save(self, path: str | Path) -> Path:
-        """Write the config as YAML or JSON, chosen by the file's suffix."""
-        return save_mapping(self.to_dict(), path)
-
-    def replace(self, **changes: Any) -> "TrainConfig":
-        """A copy with some fields changed, type-checked like :meth:`from_dict`."""
-        return self.from_dict({**self.to_dict(), **changes})
-
     def validate(self) -> "TrainConfig":
         """Check values that a type alone cannot (choices, positive counts). Returns self."""
         _check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
@@ -197,6 +215,148 @@ class TrainConfig:
                 except KeyError as err:
                     raise ConfigError(f"config key '{key}': {err.args[0]}") from None
         return self
+
+
+# ------------------------------------------------------------------------------------------------
+# the notebooks' settings: each notebook's parameters cell holds the fields of its dataclass(es)
+# ------------------------------------------------------------------------------------------------
+
+DEFAULT_SCHEDULERS = ["pndm", "ddim", "euler", "euler_a", "dpmpp_2m_karras", "unipc", "heun", "lms"]
+
+
+@dataclass
+class RunConfig(ConfigBase):
+    """Where a run lives, ``<outputs_dir>/<run_name>``; shared by every notebook."""
+
+    run_name: str = "disney"
+    outputs_dir: str = "outputs"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.outputs_dir) / self.run_name
+
+
+@dataclass
+class CollectConfig(ConfigBase):
+    """01_collect: turn a folder of collected images into the training set."""
+
+    raw_dir: str = "data/raw"  # the collected originals; read, never modified
+    instance_dir: str = "data/disney"  # the training set written from them
+    photos_dir: str = "data/photos"  # photos of people to stylize (05_stylize)
+    resolution: int = 512  # side of the square training images
+    make_demo_data: bool = False  # draw the package's demo images into raw_dir first
+    demo_images: int = 24  # how many demo images to draw
+
+    def validate(self):
+        if self.resolution < 8:
+            raise ConfigError(f"config key 'resolution' must be >= 8, got {self.resolution}")
+        return self
+
+
+@dataclass
+class EvalConfig(ConfigBase):
+    """03_evaluate: rate every checkpoint's validation images."""
+
+    interactive: bool = True  # show the rating widget (False under papermill: summary only)
+    rater: str = ""  # pre-filled rater name
+    blind: bool = True  # hide the step and shuffle the images
+    rating_seed: int = 0  # seed of the blind order
+    rating_mode: str = "image"  # "image": one at a time, "grid": a checkpoint's images side by side
+    bootstrap_resamples: int = 10000  # resamples of the 95% confidence interval
+
+    def validate(self):
+        _check_choice("rating_mode", self.rating_mode, ("image", "grid"))
+        if self.bootstrap_resamples < 100:
+            raise ConfigError(f"config key 'bootstrap_resamples' must be >= 100, got {self.bootstrap_resamples}")
+        return self
+
+
+@dataclass
+class CompareConfig(ConfigBase):
+    """04_compare_schedulers: the same checkpoint, prompts and seeds under every sampler."""
+
+    compare_checkpoint: str = "best"  # "best" (highest mean rating), "latest", "pipeline" or "checkpoint-<step>"
+    compare_schedulers: list[str] = field(default_factory=lambda: list(DEFAULT_SCHEDULERS))
+    compare_prompts: list[str] = field(
+        default_factory=lambda: ["a person, Disney style", "a castle on a hill, Disney style"]
+    )
+    compare_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    compare_steps: int = 25  # denoising steps, or model evaluations when compare_budget is "evals"
+    compare_budget: str = "steps"  # "steps": equal steps; "evals": equal model evaluations (Heun: 2 a step)
+    compare_guidance_scale: float = 7.5
+
+    def validate(self):
+        from .schedulers import resolve_scheduler
+
+        _check_choice("compare_budget", self.compare_budget, ("steps", "evals"))
+        for name in self.compare_schedulers:
+            try:
+                resolve_scheduler(name)
+            except KeyError as err:
+                raise ConfigError(f"config key 'compare_schedulers': {err.args[0]}") from None
+        for key in ("compare_schedulers", "compare_prompts", "compare_seeds"):
+            if not getattr(self, key):
+                raise ConfigError(f"config key '{key}' must not be empty")
+        if self.compare_steps < 1:
+            raise ConfigError(f"config key 'compare_steps' must be >= 1, got {self.compare_steps}")
+        return self
+
+
+@dataclass
+class StylizeConfig(ConfigBase):
+    """05_stylize: photos of people -> the trained style, by img2img."""
+
+    stylize_checkpoint: str = "best"  # as compare_checkpoint
+    photos_dir: str = "data/photos"
+    stylize_prompt: str = "a person, Disney style"
+    stylize_strengths: list[float] = field(default_factory=lambda: [0.3, 0.45, 0.6, 0.75])
+    stylize_scheduler: str = "euler_a"  # the write-up's comparison judged Euler Ancestral best
+    stylize_steps: int = 50
+    stylize_guidance_scale: float = 7.5
+    stylize_seed: int = 0
+
+    def validate(self):
+        from .schedulers import resolve_scheduler
+
+        if not self.stylize_strengths or not all(0 < s <= 1 for s in self.stylize_strengths):
+            raise ConfigError(f"config key 'stylize_strengths' must be values in (0, 1], got {self.stylize_strengths}")
+        try:
+            resolve_scheduler(self.stylize_scheduler)
+        except KeyError as err:
+            raise ConfigError(f"config key 'stylize_scheduler': {err.args[0]}") from None
+        return self
+
+
+PARAMETER_CONFIGS: tuple[type, ...] = (RunConfig, CollectConfig, TrainConfig, EvalConfig, CompareConfig, StylizeConfig)
+
+
+def parameter_types() -> dict[str, Any]:
+    """Every notebook parameter name with its type (a name shared by two configs has one meaning)."""
+    out: dict[str, Any] = {}
+    for cls in PARAMETER_CONFIGS:
+        for name, tp in typing.get_type_hints(cls).items():
+            out.setdefault(name, tp)
+    return out
+
+
+def load_parameters(source: str | Path | dict[str, Any]) -> dict[str, Any]:
+    """A papermill parameters file (``configs/demo.yaml``) or dict, checked: every key must be a field of
+    one of :data:`PARAMETER_CONFIGS`, with a value of its type. Returns the coerced values."""
+    data = load_mapping(source) if not isinstance(source, dict) else dict(source)
+    types_ = parameter_types()
+    unknown = [k for k in data if k not in types_]
+    if unknown:
+        where = f" in {source}" if not isinstance(source, dict) else ""
+        raise ConfigError(f"unknown parameter {unknown[0]!r}{where}" + _did_you_mean(unknown[0], list(types_)))
+    return {k: coerce(k, v, types_[k]) for k, v in data.items()}
+
+
+def train_config_from_parameters(params: dict[str, Any], **overrides: Any) -> TrainConfig:
+    """The run's TrainConfig from notebook parameters: its fields, with ``output_dir`` the run folder
+    (``<outputs_dir>/<run_name>``) unless given."""
+    if "output_dir" not in params and "output_dir" not in overrides and "run_name" in params:
+        overrides["output_dir"] = str(RunConfig.from_parameters(params).run_dir)
+    return TrainConfig.from_parameters(params, **overrides)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -314,14 +474,14 @@ def save_mapping(data: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def parse_overrides(argv: list[str], cls: type | None = None) -> dict[str, Any]:
+def parse_overrides(argv: list[str], types_: type | dict[str, Any] | None = None) -> dict[str, Any]:
     """Parse ``--key value`` / ``--key=value`` pairs.
 
     Values are read as YAML scalars (``1e-4``, ``true``, ``null``), except that for a string field of
-    ``cls`` the text is kept as typed (``--revision 1.0``, ``--mixed_precision no``, ``--validation_prompt
+    ``types_`` (a config class, or a name -> type mapping) the text is kept as typed (``--revision 1.0``, ``--mixed_precision no``, ``--validation_prompt
     "sks: dog"``); ``null``/``None`` still clear an optional string.
     """
-    string_fields = _string_fields(cls) if cls is not None else {}
+    string_fields = _string_fields(types_) if types_ is not None else {}
     out: dict[str, Any] = {}
     i = 0
     while i < len(argv):
@@ -346,10 +506,11 @@ def parse_overrides(argv: list[str], cls: type | None = None) -> dict[str, Any]:
     return out
 
 
-def _string_fields(cls: type) -> dict[str, bool]:
-    """``{field: is_optional}`` for the ``str`` and ``Optional[str]`` fields of a config dataclass."""
+def _string_fields(types_: type | dict[str, Any]) -> dict[str, bool]:
+    """``{field: is_optional}`` for the ``str`` and ``Optional[str]`` fields of a config class or mapping."""
     out = {}
-    for name, tp in typing.get_type_hints(cls).items():
+    hints = types_ if isinstance(types_, dict) else typing.get_type_hints(types_)
+    for name, tp in hints.items():
         args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
         if str in args and all(a in (str, type(None)) for a in args):
             out[name] = type(None) in args

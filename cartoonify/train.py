@@ -39,7 +39,15 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, TrainConfig, load_mapping, parse_overrides
+from .config import (
+    ConfigError,
+    TrainConfig,
+    load_mapping,
+    load_parameters,
+    parameter_types,
+    parse_overrides,
+    train_config_from_parameters,
+)
 from .data import ImageLoadError
 from .sample import pipeline_from_modules
 from .utils import move_module, resolve_device, run_info, write_json
@@ -875,17 +883,22 @@ def train(
 
 
 def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
-    """``--config FILE`` (YAML/JSON) then ``--key value`` overrides of any :class:`TrainConfig` field."""
+    """``--config FILE`` then ``--key value`` overrides.
+
+    The file is a TrainConfig (YAML/JSON, e.g. a run's ``config.json``) or a notebooks' parameters file
+    (``configs/disney.yaml``): every key must be a known parameter; the TrainConfig fields are used, and
+    ``output_dir`` defaults to ``<outputs_dir>/<run_name>``.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m cartoonify.train",
-        description="DreamBooth fine-tuning with prior preservation. Any TrainConfig key can be given as "
-        "--key value after the config file.",
+        description="DreamBooth fine-tuning with prior preservation. Any TrainConfig key (and run_name, "
+        "outputs_dir) can be given as --key value after the config file.",
     )
-    parser.add_argument("--config", help="YAML or JSON file of TrainConfig keys")
+    parser.add_argument("--config", help="YAML or JSON file of TrainConfig keys or notebook parameters")
     args, rest = parser.parse_known_args(argv)
     data = load_mapping(args.config) if args.config else {}
-    data.update(parse_overrides(rest, TrainConfig))
-    return TrainConfig.from_dict(data)
+    data.update(parse_overrides(rest, parameter_types()))
+    return train_config_from_parameters(load_parameters(data))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

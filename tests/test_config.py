@@ -105,16 +105,16 @@ def test_bad_files(tmp_path):
         TrainConfig.load(broken)
 
 
-def test_shipped_configs_load():
+def test_train_cli_reads_the_notebook_parameter_files():
+    """`python -m cartoonify.train --config configs/disney.yaml` is the write-up's TrainConfig."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent / "configs"
-    disney = TrainConfig.load(root / "disney.yaml").validate()
-    assert {k: v for k, v in disney.to_dict().items() if k != "output_dir"} == {
-        k: v for k, v in TrainConfig().to_dict().items() if k != "output_dir"
-    }
-    demo = TrainConfig.load(root / "demo.yaml").validate()
+    disney = config_from_args(["--config", str(root / "disney.yaml")]).validate()
+    assert disney == TrainConfig()  # output_dir: outputs/<run_name> = outputs/disney, the default
+    demo = config_from_args(["--config", str(root / "demo.yaml"), "--run_name", "other"]).validate()
     assert demo.pretrained_model == "embedded:tiny" and demo.resolution == 64
+    assert demo.output_dir == "outputs/other"
 
 
 def test_yaml_no_is_a_string_and_cli_keeps_string_fields(tmp_path):

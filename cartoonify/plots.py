@@ -1,0 +1,202 @@
+"""Figures of a run: loss curve, validation grids, ratings against steps, scheduler comparison, stylize.
+
+Each function returns a matplotlib ``Figure`` (displayed inline by notebooks) and writes nothing;
+:func:`save_figure` writes one under the run's ``figures/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+
+def _plt():
+    """pyplot, imported on first use (matplotlib picks a headless backend where there is no display)."""
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
+    """Save ``fig`` as PNG (creating the folder); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def moving_average(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing moving average (the first points average what there is so far)."""
+    v = np.asarray(values, dtype=float)
+    if window <= 1 or len(v) == 0:
+        return v
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    out = np.empty_like(v)
+    for i in range(len(v)):
+        lo = max(0, i + 1 - window)
+        out[i] = (c[i + 1] - c[lo]) / (i + 1 - lo)
+    return out
+
+
+def plot_loss(ax, run_dir: str | Path, window: int | None = None) -> None:
+    """Loss per step (light) and its moving average on ``ax``; checkpoint steps as dotted lines."""
+    from .train import checkpoint_step, list_checkpoints, read_loss_log
+
+    cfg = json.loads((Path(run_dir) / "config.json").read_text())
+    rows = read_loss_log(Path(run_dir) / cfg.get("logging_dir", "logs") / "train_log.csv")
+    steps = [r["step"] for r in rows]
+    loss = [r["loss"] for r in rows]
+    window = window or max(1, len(rows) // 20)
+    ax.plot(steps, loss, color="tab:blue", alpha=0.25, linewidth=0.8, label="loss")
+    ax.plot(steps, moving_average(loss, window), color="tab:blue", label=f"mean of {window}")
+    if rows and not math.isnan(rows[0].get("loss_prior", float("nan"))):
+        ax.plot(steps, moving_average([r["loss_prior"] for r in rows], window), color="tab:orange",
+                label="prior loss (mean)")
+    for ckpt in list_checkpoints(run_dir):
+        ax.axvline(checkpoint_step(ckpt), color="grey", linestyle=":", linewidth=0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("MSE loss")
+    ax.set_title("training loss")
+    ax.legend(loc="upper right", fontsize="small")
+
+
+def loss_figure(run_dir: str | Path, window: int | None = None):
+    """The loss curve of a run."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    plot_loss(ax, run_dir, window)
+    fig.tight_layout()
+    return fig
+
+
+def validation_steps(run_dir: str | Path) -> list[int]:
+    """Steps that have validation images, ascending."""
+    root = Path(run_dir) / "validation"
+    steps = [int(p.name.split("-")[1]) for p in root.glob("step-*") if (p / "images.json").is_file()]
+    return sorted(steps)
+
+
+def validation_figure(run_dir: str | Path, steps: Sequence[int] | None = None, size: float = 1.8):
+    """Every checkpoint's validation images: one row per step; flagged (NSFW) images are marked."""
+    plt = _plt()
+    run_dir = Path(run_dir)
+    steps = list(steps) if steps is not None else validation_steps(run_dir)
+    if not steps:
+        raise FileNotFoundError(f"{run_dir} has no validation images yet")
+    metas = [json.loads((run_dir / "validation" / f"step-{s}" / "images.json").read_text()) for s in steps]
+    cols = max(len(m["images"]) for m in metas)
+    fig, axes = plt.subplots(len(steps), cols, figsize=(size * cols, size * len(steps)), squeeze=False)
+    for r, (step, meta) in enumerate(zip(steps, metas)):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(meta["images"]):
+                ax.axis("off")
+                continue
+            rec = meta["images"][c]
+            ax.imshow(Image.open(run_dir / "validation" / f"step-{step}" / rec["file"]))
+            if rec.get("nsfw"):
+                ax.set_title("flagged: excluded", fontsize="small", color="red")
+            elif r == 0:
+                ax.set_title(f"seed {rec['seed']}", fontsize="small")
+            if c == 0:
+                ax.set_ylabel(f"step {step}")
+    fig.suptitle(metas[0].get("prompt", ""), fontsize="medium")
+    fig.tight_layout()
+    return fig
+
+
+def plot_ratings(ax, summaries, group_label: str = "step") -> None:
+    """Mean rating per group with its 95% bootstrap interval; the best group highlighted."""
+    from .rating import best_group
+
+    rated = [s for s in summaries if s.n > 0]
+    ax.set_xlabel(group_label)
+    ax.set_ylabel("rating (1-10)")
+    ax.set_ylim(0.5, 10.5)
+    ax.set_title("human rating")
+    if not rated:
+        ax.text(0.5, 0.5, "no ratings yet", ha="center", va="center", transform=ax.transAxes)
+        return
+    x = [s.group for s in rated]
+    y = [s.mean for s in rated]
+    err = np.array([[s.mean - s.ci_low for s in rated], [s.ci_high - s.mean for s in rated]])
+    ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color="tab:green", label="mean, 95% CI")
+    best = best_group(summaries)
+    ax.scatter([best.group], [best.mean], s=150, facecolors="none", edgecolors="red", zorder=3,
+               label=f"best: {best.group}")
+    ax.legend(loc="lower right", fontsize="small")
+
+
+def rating_figure(run_dir: str | Path, summaries):
+    """Rating against step, beside the loss curve."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.8))
+    plot_ratings(left, summaries)
+    plot_loss(right, run_dir)
+    fig.tight_layout()
+    return fig
+
+
+def scheduler_grid_figure(out_dir: str | Path, timings, size: float = 1.6):
+    """Rows: schedulers; columns: prompt x seed, from the same initial noise per seed."""
+    from .evaluate import comparison_images
+
+    plt = _plt()
+    rows = comparison_images(out_dir, [t.scheduler for t in timings])
+    meta = json.loads((Path(out_dir) / timings[0].scheduler / "images.json").read_text())["images"]
+    cols = len(rows[0])
+    fig, axes = plt.subplots(len(rows), cols, figsize=(size * cols, size * len(rows)), squeeze=False)
+    for r, (t, images) in enumerate(zip(timings, rows)):
+        for c, img in enumerate(images):
+            ax = axes[r][c]
+            ax.imshow(img)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"{meta[c]['prompt'][:24]}\nseed {meta[c]['seed']}", fontsize="x-small")
+            if c == 0:
+                ax.set_ylabel(f"{t.label}\n{t.steps} steps", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def scheduler_bar_figure(timings):
+    """Seconds per image and model evaluations per image, per scheduler."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.5))
+    labels = [t.label for t in timings]
+    left.bar(labels, [t.seconds_per_image for t in timings], color="tab:blue")
+    left.set_ylabel("seconds / image")
+    left.set_title("time per image")
+    right.bar(labels, [t.model_evals_per_image for t in timings], color="tab:orange")
+    right.set_ylabel("UNet evaluations / image")
+    right.set_title("model evaluations per image")
+    for ax in (left, right):
+        ax.tick_params(axis="x", rotation=45)
+        for tick in ax.get_xticklabels():
+            tick.set_horizontalalignment("right")
+    fig.tight_layout()
+    return fig
+
+
+def stylize_figure(out_dir: str | Path, photo_stem: str, strengths: Sequence[float], size: float = 2.2):
+    """Before/after: the photo, then its stylized versions by strength."""
+    plt = _plt()
+    folder = Path(out_dir) / photo_stem
+    images = [Image.open(folder / "input.png")] + [Image.open(folder / f"strength-{s:.2f}.png") for s in strengths]
+    titles = ["photo"] + [f"strength {s:g}" for s in strengths]
+    fig, axes = plt.subplots(1, len(images), figsize=(size * len(images), size + 0.4), squeeze=False)
+    for ax, img, title in zip(axes[0], images, titles):
+        ax.imshow(img)
+        ax.set_title(title, fontsize="small")
+        ax.axis("off")
+    fig.suptitle(photo_stem, fontsize="medium")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,169 @@
+"""The five notebooks: thin, parameterised, free of outputs in git, and runnable headless with papermill."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from cartoonify.config import PARAMETER_CONFIGS, load_parameters, parameter_types
+from cartoonify.notebooks import NOTEBOOKS, cells_with_outputs, notebook_path, run_notebooks, strip_outputs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _defaults() -> dict:
+    out = {}
+    for cls in PARAMETER_CONFIGS:
+        inst = cls()
+        for f in dataclasses.fields(cls):
+            out.setdefault(f.name, getattr(inst, f.name))
+    return out
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_is_thin_clean_and_parameterised(name):
+    path = notebook_path(name)
+    nb = nbformat.read(str(path), as_version=4)
+    assert cells_with_outputs(path) == [], "committed notebooks carry no outputs"
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and code[0] is tagged[0], "one parameters cell, first"
+    for cell in code:
+        tree = ast.parse(cell.source)
+        banned = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda))]
+        assert not banned, f"{name}: definitions belong in the library"
+    # every parameter is a typed, commented literal whose default is the real run's (the dataclass default)
+    types_, defaults = parameter_types(), _defaults()
+    lines = [l for l in tagged[0].source.splitlines() if l and not l.startswith(("#", "from ", "import "))]
+    for line in lines:
+        assert "  # " in line, f"uncommented parameter: {line}"
+        node = ast.parse(line).body[0]
+        assert isinstance(node, ast.AnnAssign), line
+        key = node.target.id
+        assert key in types_, f"{name}: {key} is no config field"
+        assert ast.literal_eval(node.value) == defaults[key], f"{name}: default of {key}"
+    # the cell after the parameters derives values, then a few library calls
+    assert "from_parameters(globals()" in code[1].source
+
+
+def test_parameter_files_are_valid_and_disney_is_the_writeup():
+    demo = load_parameters(ROOT / "configs" / "demo.yaml")
+    assert demo["pretrained_model"] == "embedded:tiny" and demo["interactive"] is False
+    disney = load_parameters(ROOT / "configs" / "disney.yaml")
+    defaults = _defaults()
+    assert all(disney[k] == defaults[k] for k in disney if k != "run_name"), "disney.yaml spells out the defaults"
+
+
+def test_unknown_parameter_is_named(tmp_path):
+    from cartoonify.config import ConfigError
+
+    bad = tmp_path / "p.yaml"
+    bad.write_text("run_name: x\ncompare_stepz: 3\n")
+    with pytest.raises(ConfigError, match="compare_stepz.*compare_steps"):
+        load_parameters(bad)
+    with pytest.raises(ConfigError, match="'compare_steps'"):
+        load_parameters({"compare_steps": "many"})
+
+
+def test_strip_outputs(tmp_path, notebook_run):
+    copy = tmp_path / "executed.ipynb"
+    shutil.copy(notebook_run["run_dir"] / "notebooks" / "02_train.ipynb", copy)
+    assert cells_with_outputs(copy)
+    assert strip_outputs(copy) is True
+    assert cells_with_outputs(copy) == [] and strip_outputs(copy) is False
+
+
+@pytest.fixture(scope="module")
+def notebook_run(tiny_model, tmp_path_factory):
+    """All five notebooks under papermill on the tiny model, with a short run."""
+    base = tmp_path_factory.mktemp("nbrun")
+    data = base / "data"
+    params = {
+        **load_parameters(ROOT / "configs" / "demo.yaml"),
+        "run_name": "nbtest",
+        "outputs_dir": str(base / "outputs"),
+        "raw_dir": str(data / "raw"),
+        "instance_dir": str(data / "instance"),
+        "photos_dir": str(data / "photos"),
+        "class_dir": str(data / "class"),
+        "pretrained_model": str(tiny_model),
+        "demo_images": 6,
+        "num_class_images": 4,
+        "sample_batch_size": 4,
+        "class_inference_steps": 3,
+        "train_batch_size": 2,
+        "max_train_steps": 4,
+        "checkpointing_steps": 2,
+        "num_validation_images": 2,
+        "validation_inference_steps": 3,
+        "compare_schedulers": ["pndm", "euler_a", "heun"],
+        "compare_prompts": ["a person, Disney style"],
+        "compare_seeds": [0],
+        "compare_steps": 3,
+        "stylize_strengths": [0.5, 0.9],
+        "stylize_steps": 4,
+    }
+    written = run_notebooks(params)
+    return {"params": params, "run_dir": base / "outputs" / "nbtest", "written": written}
+
+
+def _stdout(path: Path) -> str:
+    nb = json.loads(path.read_text())
+    return "".join(
+        "".join(o.get("text", "")) for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+    )
+
+
+def _has_image_output(path: Path) -> bool:
+    nb = json.loads(path.read_text())
+    return any("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
+
+
+def test_notebooks_run_headless_and_leave_their_files(notebook_run):
+    run = notebook_run["run_dir"]
+    assert [p.name for p in notebook_run["written"]] == [f"{n}.ipynb" for n in NOTEBOOKS]
+    # 01_collect: imported training set and contact sheet
+    assert len(list(Path(notebook_run["params"]["instance_dir"]).glob("*.png"))) == 6
+    assert "6 files: 6 kept" in _stdout(run / "notebooks" / "01_collect.ipynb")
+    # 02_train: checkpoints, validation, loss curve and validation grid shown inline as images
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert _has_image_output(run / "notebooks" / "02_train.ipynb")
+    # 03_evaluate: no ratings under papermill, said plainly
+    assert "No ratings yet" in _stdout(run / "notebooks" / "03_evaluate.ipynb")
+    with (run / "figures" / "rating_summary.csv").open() as fh:
+        assert [r["n"] for r in csv.DictReader(fh)] == ["0", "0"]
+    # 04: one folder per scheduler, timing with model evaluations
+    with (run / "schedulers" / "checkpoint-4" / "timing.csv").open() as fh:
+        rows = {r["scheduler"]: r for r in csv.DictReader(fh)}
+    assert set(rows) == {"pndm", "euler_a", "heun"} and float(rows["heun"]["model_evals_per_image"]) == 5
+    # 05: strength sweep per photo
+    for photo in ("astronaut", "camera"):
+        assert (run / "stylized" / "checkpoint-4" / photo / "strength-0.90.png").is_file()
+    expected = {
+        "training_set.png", "loss.png", "validation.png", "rating_summary.csv", "ratings.png",
+        "scheduler_grid.png", "scheduler_timing.png", "stylize-astronaut.png", "stylize-camera.png",
+    }
+    assert expected <= {p.name for p in (run / "figures").iterdir()}
+
+
+def test_evaluate_summarises_saved_ratings_on_rerun(notebook_run):
+    from cartoonify.rating import RatingStore, collect_items
+
+    run = notebook_run["run_dir"]
+    store = RatingStore(run)
+    for item in collect_items(run):
+        store.add(item.path, "alice", 4 if item.group == 2 else 8)
+    run_notebooks(notebook_run["params"], names=["03_evaluate"])
+    out = _stdout(run / "notebooks" / "03_evaluate.ipynb")
+    assert "Best step: 4 (mean 8.00" in out
+    with (run / "figures" / "rating_summary.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["step"], r["n"], float(r["mean"])) for r in rows] == [("2", "2", 4.0), ("4", "2", 8.0)]

@@ -1,0 +1,449 @@
+"""Rating: the append-only store, the blind widget driven from Python, and the summary statistics."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cartoonify.rating import (
+    NO_RATINGS_MESSAGE,
+    GroupSummary,
+    RatingItem,
+    RatingStore,
+    RatingWidget,
+    best_group,
+    bootstrap_ci,
+    collect_items,
+    rating_session,
+    summarize,
+    summary_html,
+    summary_message,
+    summary_table,
+)
+
+
+def _png(color: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_run(root: Path, steps=(500, 3500), n_images: int = 3, nsfw: dict | None = None) -> Path:
+    """A fake run folder: ``validation/step-<s>/image-XX.png`` + ``images.json``; ``nsfw`` maps (step, i) -> flag."""
+    nsfw = nsfw or {}
+    for step in steps:
+        folder = root / "validation" / f"step-{step}"
+        folder.mkdir(parents=True)
+        records = []
+        for i in range(n_images):
+            name = f"image-{i:02d}.png"
+            (folder / name).write_bytes(_png((step % 256, i * 40, 0)))
+            records.append({"file": name, "seed": 42 + i, "nsfw": nsfw.get((step, i))})
+        meta = {"prompt": "a person, Disney style", "step": step, "scheduler": "PNDMScheduler", "images": records}
+        (folder / "images.json").write_text(json.dumps(meta))
+    return root
+
+
+@pytest.fixture
+def run_dir(tmp_path) -> Path:
+    return make_run(tmp_path / "run", nsfw={(500, 1): True, (3500, 0): False})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# items
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_collect_items(run_dir):
+    items = collect_items(run_dir)
+    assert [i.path for i in items] == [
+        f"validation/step-{s}/image-{k:02d}.png" for s in (500, 3500) for k in range(3)
+    ]
+    assert [i.group for i in items] == [500] * 3 + [3500] * 3
+    assert [i.excluded for i in items] == [False, True, False, False, False, False]
+    assert items[0].seed == 42 and items[0].meta["prompt"] == "a person, Disney style"
+    assert items[0].meta["file"] == "image-00.png" and "images" not in items[0].meta
+    hash(items[0])  # frozen and hashable despite the meta dict
+
+
+def test_collect_items_other_groups(tmp_path):
+    for name in ("euler_a", "ddim"):
+        folder = tmp_path / "schedulers" / name
+        folder.mkdir(parents=True)
+        (folder / "image-00.png").write_bytes(_png((0, 0, 0)))
+        (folder / "images.json").write_text(json.dumps({"scheduler": name, "images": [{"file": "image-00.png"}]}))
+    items = collect_items(tmp_path, pattern="schedulers/*/images.json", group_key="scheduler")
+    assert [(i.group, i.path) for i in items] == [
+        ("ddim", "schedulers/ddim/image-00.png"),
+        ("euler_a", "schedulers/euler_a/image-00.png"),
+    ]
+
+
+def test_collect_items_errors(tmp_path, run_dir):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        collect_items(tmp_path / "nowhere")
+    bad = run_dir / "validation" / "step-500" / "images.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="step-500"):
+        collect_items(run_dir)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# store
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_store_roundtrip_latest_and_raters(tmp_path):
+    store = RatingStore(tmp_path)
+    assert store.records() == [] and store.latest() == {}
+    store.add("validation/step-500/image-00.png", "alice", 3)
+    store.add("validation/step-500/image-00.png", " alice ", 5)  # a re-rating replaces
+    store.add("validation/step-500/image-00.png", "bob", 9)
+    lines = (tmp_path / "ratings.csv").read_text().splitlines()
+    assert lines[0] == "time,rater,image,value" and len(lines) == 4
+
+    again = RatingStore(tmp_path)  # e.g. after a kernel restart
+    assert [r["value"] for r in again.records()] == [3, 5, 9]
+    assert again.latest() == {
+        ("alice", "validation/step-500/image-00.png"): 5,
+        ("bob", "validation/step-500/image-00.png"): 9,
+    }
+    assert again.rated_by("alice") == {"validation/step-500/image-00.png"}
+    assert again.rated_by("carol") == set()
+    assert again.raters() == ["alice", "bob"]
+
+
+@pytest.mark.parametrize("value", [0, 11, 7.0, "7", True, None])
+def test_store_rejects_bad_values(tmp_path, value):
+    with pytest.raises(ValueError, match=repr(value).replace("(", r"\(")):
+        RatingStore(tmp_path).add("a.png", "alice", value)
+    assert not (tmp_path / "ratings.csv").exists()
+
+
+@pytest.mark.parametrize("rater", ["", "   ", None, "two\nlines"])
+def test_store_rejects_bad_raters(tmp_path, rater):
+    with pytest.raises(ValueError):
+        RatingStore(tmp_path).add("a.png", rater, 5)
+
+
+def test_store_survives_truncated_last_line(tmp_path):
+    store = RatingStore(tmp_path)
+    store.add("validation/step-500/image-00.png", "alice", 4)
+    path = tmp_path / "ratings.csv"
+    with open(path, "ab") as fh:  # a process killed in the middle of writing a row
+        fh.write(b"2024-01-01T00:00:00+00:00,alice,validation/step-5")
+    before = path.read_bytes()
+
+    assert [r["value"] for r in store.records()] == [4]
+    assert path.read_bytes() == before  # reading never touches the file
+
+    with pytest.warns(UserWarning, match="unfinished last line"):
+        store.add("validation/step-500/image-01.png", "alice", 8)
+    after = path.read_bytes()
+    complete = before[: before.rfind(b"\n") + 1]
+    assert after.startswith(complete)  # the complete rows are untouched
+    assert after[len(complete):].endswith(b",alice,validation/step-500/image-01.png,8\n")
+    assert after.count(b"\n") == 3  # header, two rows: the partial row is gone, not completed
+    records = RatingStore(tmp_path).records()
+    assert [(r["image"], r["value"]) for r in records] == [
+        ("validation/step-500/image-00.png", 4),
+        ("validation/step-500/image-01.png", 8),
+    ]
+
+
+def test_store_never_counts_a_row_cut_short(tmp_path):
+    """A row for 10 cut after its "1" parses as a 1: it must not be counted, nor completed."""
+    store = RatingStore(tmp_path)
+    store.add("a.png", "alice", 4)
+    with open(tmp_path / "ratings.csv", "ab") as fh:
+        fh.write(b"2024-01-01T00:00:00.000+00:00,alice,b.png,1")  # was ",10\n"
+    with pytest.warns(UserWarning, match="unfinished"):
+        assert [r["image"] for r in store.records()] == ["a.png"]
+    with pytest.warns(UserWarning, match="unfinished"):
+        store.add("c.png", "alice", 7)
+    assert [(r["image"], r["value"]) for r in store.records()] == [("a.png", 4), ("c.png", 7)]
+
+
+def test_store_skips_malformed_middle_line(tmp_path):
+    path = tmp_path / "ratings.csv"
+    path.write_text("time,rater,image,value\nt,alice,a.png,3\ngarbage\nt,alice,b.png,99\nt,bob,a.png,6\n")
+    with pytest.warns(UserWarning) as caught:
+        records = RatingStore(tmp_path).records()
+    assert [(r["rater"], r["value"]) for r in records] == [("alice", 3), ("bob", 6)]
+    messages = [str(w.message) for w in caught]
+    assert any("line 3" in m for m in messages) and any("line 4" in m for m in messages)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# widget
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _collector():
+    got = []
+    return got, lambda path, rater, value: got.append((path, rater, value))
+
+
+def test_widget_buttons_keys_and_skip(run_dir):
+    items = collect_items(run_dir)
+    w = RatingWidget(items, run_dir)
+    got, cb = _collector()
+    w.on_rating(cb)
+    assert w.remaining == 5 and all(b.disabled for b in w.buttons)
+    w.buttons[6].click()  # no rater yet: nothing happens
+    assert got == [] and "name" in w.status_html.value
+
+    w.rater_box.value = "alice"
+    assert not any(b.disabled for b in w.buttons)
+    first = w.current
+    assert w.image_area.children[0].children[0].value == (run_dir / first.path).read_bytes()
+    w.buttons[6].click()
+    assert got == [(first.path, "alice", 7)]
+
+    second = w.current
+    assert second != first
+    w.key_box.value = "10"
+    assert got[-1] == (second.path, "alice", 10) and w.key_box.value == ""
+
+    third = w.current
+    w.skip_button.click()
+    assert len(got) == 2 and w.current not in (first, second, third)
+
+    fourth = w.current
+    w.key_box.value = "0"  # 0 means 10
+    assert got[-1] == (fourth.path, "alice", 10)
+    w.key_box.value = "x"
+    assert len(got) == 3 and "unknown key" in w.status_html.value
+    w.key_box.value = "s"
+    assert len(got) == 3
+    assert w.remaining == 2 and w.ratings[("alice", first.path)] == 7
+
+    while w.current is not None:
+        w.buttons[4].click()
+    assert w.remaining == 0 and "all 5 images rated" in w.status_html.value
+    assert all(b.disabled for b in w.buttons)
+    assert {p for p, _, _ in got} == {i.path for i in items if not i.excluded}
+
+
+def test_widget_excludes_flagged_images(run_dir):
+    items = collect_items(run_dir)
+    flagged = "validation/step-500/image-01.png"
+    w = RatingWidget(items, run_dir, blind=False)
+    got, cb = _collector()
+    w.on_rating(cb)
+    w.rater_box.value = "alice"
+    seen = []
+    while w.current is not None:
+        seen.append(w.current.path)
+        w.buttons[0].click()
+    assert flagged not in seen and flagged not in {p for p, _, _ in got}
+    assert len(seen) == 5
+    assert flagged in w.excluded_html.value
+    assert "excluded (flagged by the safety checker)" in w.excluded_box.get_title(0)
+    assert "1 excluded (flagged by the safety checker)" in w.status_html.value
+
+
+def test_widget_blind_and_unblind(run_dir):
+    w = RatingWidget(collect_items(run_dir), run_dir)
+    w.rater_box.value = "alice"
+    step = str(w.current.group)
+    assert step not in w.group_html.value and "step-" not in w.group_html.value
+    assert "hidden" in w.group_html.value
+    w.unblind()
+    assert w.blind_toggle.value and step in w.group_html.value
+    w.blind_toggle.value = False
+    assert step not in w.group_html.value
+
+
+def test_widget_order_depends_on_seed(tmp_path):
+    run = make_run(tmp_path / "run", steps=(100, 200, 300, 400), n_images=4)
+    items = collect_items(run)
+    order = lambda seed: [i.path for i in RatingWidget(items, run, seed=seed).order]  # noqa: E731
+    assert order(0) == order(0)
+    assert order(0) != order(1)
+    assert sorted(order(0)) == sorted(i.path for i in items)
+    assert [i.path for i in RatingWidget(items, run, blind=False).order] == [i.path for i in items]
+
+
+def test_widget_grid_mode(tmp_path):
+    run = make_run(tmp_path / "run", steps=(100, 200, 300), n_images=3, nsfw={(200, 2): True})
+    items = collect_items(run)
+    w = RatingWidget(items, run, mode="grid", seed=3)
+    got, cb = _collector()
+    w.on_rating(cb)
+    w.rater_box.value = "alice"
+    group = w.current.group
+    page = [i for i in items if i.group == group and not i.excluded]
+    assert len(w.image_area.children) == len(page)
+    borders = [tile.layout.border for tile in w.image_area.children]
+    assert sum("transparent" not in b for b in borders) == 1  # only the active image is highlighted
+
+    for _ in page:
+        assert w.current.group == group
+        w.buttons[5].click()
+    assert sorted(p for p, _, _ in got) == sorted(i.path for i in page)  # one rating per image
+    assert w.current.group != group
+    assert len(w.image_area.children) == len([i for i in items if i.group == w.current.group and not i.excluded])
+
+
+def test_widget_back_allows_rerating(run_dir):
+    w = RatingWidget(collect_items(run_dir), run_dir)
+    got, cb = _collector()
+    w.on_rating(cb)
+    w.rater_box.value = "alice"
+    first = w.current
+    w.buttons[0].click()
+    w.back_button.click()
+    assert w.current == first
+    w.buttons[8].click()
+    assert got == [(first.path, "alice", 1), (first.path, "alice", 9)]
+    assert w.remaining == 4
+
+
+def test_widget_callback_failure_is_not_counted(run_dir):
+    w = RatingWidget(collect_items(run_dir), run_dir)
+
+    def broken(path, rater, value):
+        raise OSError("disk full")
+
+    w.on_rating(broken)
+    w.rater_box.value = "alice"
+    first = w.current
+    with pytest.raises(OSError):
+        w.rate(3)
+    assert w.current == first and w.remaining == 5 and "disk full" in w.status_html.value
+    w.buttons[2].click()  # ipywidgets logs the error of a click handler; the widget stays put
+    assert w.current == first and w.remaining == 5 and w.ratings == {}
+
+
+def test_session_resumes_after_restart(run_dir):
+    w1 = rating_session(run_dir)
+    w1.rater_box.value = "alice"
+    rated = [w1.current.path]
+    w1.buttons[6].click()
+    rated.append(w1.current.path)
+    w1.key_box.value = "3"
+    expected = next(i.path for i in w1.order if i.path not in rated)
+    del w1  # the kernel restarts
+
+    w2 = rating_session(run_dir)
+    assert w2.order == rating_session(run_dir).order
+    w2.rater_box.value = "alice"
+    assert w2.current.path == expected and w2.remaining == 3
+    assert RatingStore(run_dir).latest() == {("alice", rated[0]): 7, ("alice", rated[1]): 3}
+
+
+def test_two_raters_are_kept_apart(run_dir):
+    w = rating_session(run_dir)
+    w.rater_box.value = "alice"
+    start = w.current.path
+    w.buttons[1].click()
+    w.buttons[2].click()
+
+    bob = rating_session(run_dir)
+    bob.rater_box.value = "bob"
+    assert bob.current.path == start and bob.remaining == 5
+    bob.buttons[9].click()
+
+    w.rater_box.value = "bob"  # the same widget switched to bob sees bob's rating
+    assert w.remaining == 4
+    latest = RatingStore(run_dir).latest()
+    assert latest[("alice", start)] == 2 and latest[("bob", start)] == 10
+    assert RatingStore(run_dir).raters() == ["alice", "bob"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# statistics
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _stats_fixture():
+    items = [RatingItem(f"validation/step-500/image-{k:02d}.png", 500, excluded=(k == 2)) for k in range(3)]
+    items += [RatingItem(f"validation/step-3500/image-{k:02d}.png", 3500) for k in range(2)]
+    items += [RatingItem("validation/step-9000/image-00.png", 9000)]
+    ratings = {
+        ("alice", "validation/step-500/image-00.png"): 3,
+        ("alice", "validation/step-500/image-01.png"): 4,
+        ("alice", "validation/step-3500/image-00.png"): 8,
+        ("alice", "validation/step-3500/image-01.png"): 9,
+        ("bob", "validation/step-3500/image-00.png"): 9,
+        ("bob", "validation/step-3500/image-01.png"): 9,
+        ("bob", "validation/step-500/image-02.png"): 1,  # an excluded image: ignored
+        ("bob", "elsewhere.png"): 1,  # not among the items: ignored
+    }
+    return items, ratings
+
+
+def test_summarize_by_hand():
+    items, ratings = _stats_fixture()
+    s500, s3500, s9000 = summarize(items, ratings)
+    assert (s500.group, s500.n, s500.n_excluded) == (500, 2, 1)
+    assert s500.mean == pytest.approx((3 + 4) / 2)
+    assert s500.std == pytest.approx(math.sqrt(((3 - 3.5) ** 2 + (4 - 3.5) ** 2) / (2 - 1)))  # sqrt(0.5)
+    mean = (8 + 9 + 9 + 9) / 4
+    assert (s3500.n, s3500.mean) == (4, pytest.approx(mean))
+    assert s3500.std == pytest.approx(math.sqrt(((8 - mean) ** 2 + 3 * (9 - mean) ** 2) / 3))
+    assert s9000.n == 0 and math.isnan(s9000.mean) and math.isnan(s9000.std) and math.isnan(s9000.ci_low)
+    for s, lo, hi in ((s500, 3, 4), (s3500, 8, 9)):
+        assert lo <= s.ci_low <= s.mean <= s.ci_high <= hi
+    assert best_group([s500, s3500, s9000]) is s3500
+
+
+def test_summarize_accepts_store_records(tmp_path):
+    items, ratings = _stats_fixture()
+    store = RatingStore(tmp_path)
+    store.add("validation/step-500/image-00.png", "alice", 10)  # replaced by the re-rating below
+    for (rater, path), value in ratings.items():
+        store.add(path, rater, value)
+    from_records = summarize(items, store.records())
+    assert from_records == summarize(items, ratings) == summarize(items, store.latest())
+
+
+def test_bootstrap_ci():
+    values = [3, 4, 8, 9, 9, 2, 7]
+    assert bootstrap_ci(values, seed=1) == bootstrap_ci(values, seed=1)
+    spread = [3.1, 4.7, 8.2, 9.9, 9.05, 2.3, 7.6]
+    assert bootstrap_ci(spread, seed=1) != bootstrap_ci(spread, seed=2)
+    lo, hi = bootstrap_ci(values)
+    assert min(values) <= lo < sum(values) / len(values) < hi <= max(values)
+    narrow = bootstrap_ci(values, confidence=0.5)
+    assert lo <= narrow[0] <= narrow[1] <= hi
+    assert bootstrap_ci([6, 6, 6]) == (6.0, 6.0)
+    assert bootstrap_ci([7]) == (7.0, 7.0)
+    assert all(math.isnan(x) for x in bootstrap_ci([]))
+    with pytest.raises(ValueError):
+        bootstrap_ci(values, confidence=1.5)
+
+
+def test_best_group_ties_and_empty():
+    a = GroupSummary(100, 2, 5.0, 0.0, 5.0, 5.0)
+    b = GroupSummary(200, 3, 5.0, 0.0, 5.0, 5.0)
+    empty = GroupSummary(300, 0, math.nan, math.nan, math.nan, math.nan)
+    assert best_group([a, b, empty]) is a
+    assert best_group([empty]) is None and best_group([]) is None
+
+
+def test_summary_text():
+    items, ratings = _stats_fixture()
+    summaries = summarize(items, ratings)
+    assert summary_message(summarize(items, {})) == NO_RATINGS_MESSAGE
+    assert summary_message([]) == NO_RATINGS_MESSAGE
+    s = summaries[1]
+    assert summary_message(summaries) == (
+        f"Best step: 3500 (mean 8.75, 95% CI [{s.ci_low:.2f}, {s.ci_high:.2f}], n=4)"
+    )
+    table = summary_table(summaries)
+    lines = table.strip().splitlines()
+    assert lines[0] == "| step | n | mean | std | 95% CI | excluded |" and len(lines) == 5
+    assert "| 500 | 2 | 3.50 | 0.71 |" in table and "**3500**" in table and "| 9000 | 0 | n/a |" in table
+    page = summary_html(summaries, group_label="scheduler")
+    assert page.startswith("<p>Best scheduler: 3500") and "<table>" in page and page.count("<tr") == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        summary_table(summarize(items, {}))
