@@ -144,6 +144,14 @@ class TrainConfig(ConfigBase):
     set_grads_to_none: bool = True
     dataloader_num_workers: int = 0
 
+    # --- speed (each switch is measured on and off by `python -m cartoonify.bench`) ---------------
+    cache_latents: bool = True  # encode each image once (mean, std); a fresh posterior sample per step
+    offload_vae: bool = True  # with cached latents, keep the VAE off the GPU except for validation
+    use_sdpa: bool = True  # PyTorch scaled-dot-product attention (False: diffusers' classic attention)
+    channels_last: bool = True  # channels-last memory format for the UNet (CUDA)
+    allow_tf32: bool = True  # TF32 matmuls on Ampere and newer GPUs
+    compile_unet: bool = False  # torch.compile the UNet
+
     # --- optimizer -------------------------------------------------------------------------------
     use_8bit_adam: bool = True
     learning_rate: float = 1e-6
@@ -161,6 +169,8 @@ class TrainConfig(ConfigBase):
     checkpoints_total_limit: Optional[int] = None  # keep at most this many checkpoints (None: all)
     resume_from_checkpoint: Optional[str] = None  # "latest", a checkpoint folder name, or None
     logging_dir: str = "logs"  # inside the run folder
+    disk_check: str = "refuse"  # before training: "refuse" or "warn" if the run needs more disk than is free
+    allow_pickle: bool = False  # load pickle files (.bin/.ckpt/.pt) from checkpoints; only if you trust them
     report_to: str = "tensorboard"  # "tensorboard" or "none"
 
     # --- precision -------------------------------------------------------------------------------
@@ -183,6 +193,7 @@ class TrainConfig(ConfigBase):
         _check_choice("prior_generation_precision", self.prior_generation_precision, PRIOR_PRECISIONS)
         _check_choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
         _check_choice("report_to", self.report_to, ("tensorboard", "none"))
+        _check_choice("disk_check", self.disk_check, ("refuse", "warn", "off"))
         for key in (
             "resolution",
             "train_batch_size",

@@ -192,10 +192,12 @@ class DreamBoothDataset(torch.utils.data.Dataset):
         num_class_images: int | None = None,
         seed: int = 0,
         check_images: bool = True,
+        load_pixels: bool = True,
     ):
         self.resolution = resolution
         self.center_crop = center_crop
         self.seed = seed
+        self.load_pixels = load_pixels
         self.instance_paths = require_images(instance_dir, "instance_dir")
         self.instance_prompts = [read_caption(p, instance_prompt) for p in self.instance_paths]
         self.instance_ids = tokenize_prompts(tokenizer, self.instance_prompts)
@@ -222,34 +224,40 @@ class DreamBoothDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         i = index % len(self.instance_paths)
-        example = {
-            "instance_pixels": load_training_image(
+        example = {"instance_ids": self.instance_ids[i], "instance_index": i}
+        if self.load_pixels:
+            example["instance_pixels"] = load_training_image(
                 self.instance_paths[i], self.resolution, self.center_crop, self._rng(index, 0)
-            ),
-            "instance_ids": self.instance_ids[i],
-            "instance_index": i,
-        }
+            )
         if self.class_paths:
             j = index % len(self.class_paths)
-            example["class_pixels"] = load_training_image(
-                self.class_paths[j], self.resolution, self.center_crop, self._rng(index, 1)
-            )
             example["class_ids"] = self.class_ids
             example["class_index"] = j
+            if self.load_pixels:
+                example["class_pixels"] = load_training_image(
+                    self.class_paths[j], self.resolution, self.center_crop, self._rng(index, 1)
+                )
         return example
 
 
 def collate_examples(examples: list[dict], with_prior_preservation: bool) -> dict:
-    """Stack a batch; with prior preservation the class examples follow the instance ones (one forward)."""
-    pixels = [e["instance_pixels"] for e in examples]
+    """Stack a batch; with prior preservation the class examples follow the instance ones (one forward).
+
+    ``instance_index``/``class_index`` name the images (for cached latents); ``pixel_values`` is there
+    when the dataset loads pixels.
+    """
     ids = [e["instance_ids"] for e in examples]
+    batch = {"instance_index": torch.tensor([e["instance_index"] for e in examples])}
     if with_prior_preservation:
-        pixels += [e["class_pixels"] for e in examples]
         ids += [e["class_ids"] for e in examples]
-    return {
-        "pixel_values": torch.stack(pixels).contiguous(),
-        "input_ids": torch.stack(ids),
-    }
+        batch["class_index"] = torch.tensor([e["class_index"] for e in examples])
+    batch["input_ids"] = torch.stack(ids)
+    if "instance_pixels" in examples[0]:
+        pixels = [e["instance_pixels"] for e in examples]
+        if with_prior_preservation:
+            pixels += [e["class_pixels"] for e in examples]
+        batch["pixel_values"] = torch.stack(pixels).contiguous()
+    return batch
 
 
 # ------------------------------------------------------------------------------------------------

@@ -680,6 +680,29 @@ def build_sd15(device: str | torch.device = "cpu", dtype: torch.dtype = torch.fl
     return {name: move_module(module, dtype=dtype) for name, module in modules.items()}
 
 
+def build_sd15_pipeline(path: str | os.PathLike, dtype: torch.dtype = torch.float16, seed: int = 0) -> Path:
+    """Write SD1.5's full architecture with random weights as a diffusers pipeline (for benchmarks).
+
+    The tokenizer is the package's small one: its ids are valid for SD1.5's 49,408-token embedding, and
+    the token ids do not change the cost of a step.
+    """
+    from .sample import pipeline_from_modules
+
+    path = Path(path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        modules = build_sd15(dtype=dtype)
+    tokenizer = write_tiny_tokenizer(path / "tokenizer")
+    from diffusers import PNDMScheduler
+
+    pipe = pipeline_from_modules(
+        modules["unet"], modules["text_encoder"], modules["vae"], tokenizer, PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG)
+    )
+    pipe.save_pretrained(path, safe_serialization=True)
+    write_bpe_files(path / "tokenizer")
+    return path
+
+
 def count_parameters(module: torch.nn.Module) -> int:
     """Returns the number of parameters of ``module`` (works on the meta device)."""
     return sum(p.numel() for p in module.parameters())

@@ -48,14 +48,17 @@ from .config import (
     parse_overrides,
     train_config_from_parameters,
 )
+from .checkpoint import CheckpointError
 from .data import ImageLoadError
 from .sample import pipeline_from_modules
 from .utils import move_module, resolve_device, run_info, write_json
 
 logger = logging.getLogger(__name__)
 
-LOG_COLUMNS = ("step", "loss", "loss_instance", "loss_prior", "lr", "grad_norm", "epoch", "wall_time")
-CHECKPOINT_MARKER = "checkpoint.json"
+LOG_COLUMNS = (
+    "step", "loss", "loss_instance", "loss_prior", "lr", "grad_norm", "skipped_steps", "epoch", "wall_time"
+)
+CHECKPOINT_MARKER = "checkpoint.json"  # = cartoonify.checkpoint.MARKER
 # keys that may change when a run is resumed; any other difference is refused
 RESUMABLE_CHANGES = frozenset(
     {
@@ -78,6 +81,18 @@ RESUMABLE_CHANGES = frozenset(
 
 class RunExistsError(FileExistsError):
     """The run folder already holds a run that this call would overwrite."""
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (a full disk); earlier checkpoints are intact."""
+
+
+class TrainingOutOfMemoryError(RuntimeError):
+    """CUDA ran out of memory; the message names the settings that lower memory."""
+
+
+class InsufficientDiskError(OSError):
+    """The run would need more disk than is free (``disk_check="refuse"``)."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -146,6 +161,66 @@ def encode_latents(vae, pixel_values: torch.Tensor, generator: torch.Generator |
         return dist.sample(generator=generator) * vae.config.scaling_factor
 
 
+class LatentCache:
+    """The VAE posterior (mean, std) of every training image, encoded once.
+
+    With center crops and no random augmentation an image's encoding never changes, so the per-step
+    ``vae.encode(pixels).latent_dist.sample()`` of diffusers' script reduces to ``mean + std * noise``
+    with fresh noise each step from the seeded generator: the same draw, without the encoder.
+    """
+
+    def __init__(self, instance: tuple[torch.Tensor, torch.Tensor], klass: tuple[torch.Tensor, torch.Tensor] | None):
+        self.instance_mean, self.instance_std = instance
+        self.class_mean, self.class_std = klass if klass is not None else (None, None)
+
+    @classmethod
+    def build(cls, dataset, vae, batch_size: int = 8, progress: bool = False) -> "LatentCache":
+        """Encode the dataset's instance and class images with ``vae`` (on its device and dtype)."""
+        from tqdm.auto import tqdm
+
+        from .data import load_training_image
+
+        def encode(paths, desc):
+            means, stds = [], []
+            for start in tqdm(range(0, len(paths), batch_size), desc=desc, disable=not progress):
+                pixels = torch.stack(
+                    [load_training_image(p, dataset.resolution, True) for p in paths[start : start + batch_size]]
+                )
+                with torch.no_grad():
+                    dist = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
+                means.append(dist.mean)
+                stds.append(dist.std)
+            return torch.cat(means), torch.cat(stds)
+
+        klass = encode(dataset.class_paths, "Encoding class images") if dataset.class_paths else None
+        return cls(encode(dataset.instance_paths, "Encoding instance images"), klass)
+
+    def lookup(self, batch: dict) -> dict:
+        """``latent_mean``/``latent_std`` of a batch, instance rows then class rows (the batch's order)."""
+        dev = self.instance_mean.device
+        mean = [self.instance_mean[batch["instance_index"].to(dev)]]
+        std = [self.instance_std[batch["instance_index"].to(dev)]]
+        if "class_index" in batch:
+            mean.append(self.class_mean[batch["class_index"].to(dev)])
+            std.append(self.class_std[batch["class_index"].to(dev)])
+        return {"latent_mean": torch.cat(mean), "latent_std": torch.cat(std)}
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [self.instance_mean, self.instance_std, self.class_mean, self.class_std]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def sample_latents(batch: dict, vae, generator: torch.Generator) -> torch.Tensor:
+    """One posterior sample per image, times the VAE's scaling factor: from cached (mean, std) when the
+    batch has them, else by encoding ``pixel_values``. Both draw the same noise from ``generator``."""
+    if "latent_mean" in batch:
+        mean, std = batch["latent_mean"], batch["latent_std"]
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return (mean + std * eps) * vae.config.scaling_factor
+    return encode_latents(vae, batch["pixel_values"], generator)
+
+
 def training_step(
     unet,
     text_encoder,
@@ -161,7 +236,7 @@ def training_step(
 
     Draws, in this order and all from ``generator``: the latent sample, the noise, the timesteps.
     """
-    latents = encode_latents(vae, batch["pixel_values"], generator)
+    latents = sample_latents(batch, vae, generator)
     noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
     timesteps = torch.randint(
         0,
@@ -213,6 +288,21 @@ def build_optimizer(params, config: TrainConfig, device: torch.device | str = "c
                 stacklevel=2,
             )
     return torch.optim.AdamW(params, **kwargs)
+
+
+def apply_speed_settings(config: TrainConfig, unet, device: torch.device) -> None:
+    """The kernel-level switches: SDPA (or classic) attention, channels-last, TF32, torch.compile."""
+    if not config.use_sdpa:
+        from diffusers.models.attention_processor import AttnProcessor
+
+        unet.set_attn_processor(AttnProcessor())
+    if config.channels_last and device.type == "cuda":
+        unet.to(memory_format=torch.channels_last)
+    if config.allow_tf32 and device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if config.compile_unet:
+        unet.forward = torch.compile(unet.forward)
 
 
 def resolve_mixed_precision(mixed_precision: str, device: torch.device) -> str:
@@ -311,6 +401,9 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
         return []
     found = []
     for path in root.iterdir():
+        if path.name.startswith(".tmp-checkpoint-"):
+            logger.warning("ignoring partial checkpoint %s (a save that did not complete)", path)
+            continue
         if not (path.is_dir() and path.name.startswith("checkpoint-") and path.name[11:].isdigit()):
             continue
         if (path / CHECKPOINT_MARKER).is_file():
@@ -321,15 +414,24 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def find_checkpoint(run_dir: Path, which: str) -> Path | None:
-    """Resolve ``resume_from_checkpoint``: "latest" (None if the run has none), a name or a path."""
+    """Resolve ``resume_from_checkpoint``: "latest" (the newest complete checkpoint whose checksums hold,
+    damaged ones reported and skipped; None if there is none), a checkpoint name or a path."""
+    from .checkpoint import CheckpointError, verify_checkpoint
+
     if which == "latest":
-        ckpts = list_checkpoints(run_dir)
-        return ckpts[-1] if ckpts else None
+        for path in reversed(list_checkpoints(run_dir)):
+            problems = verify_checkpoint(path)
+            if not problems:
+                return path
+            logger.warning("skipping damaged checkpoint %s: %s", path, "; ".join(problems))
+            warnings.warn(f"skipping damaged checkpoint {path}: {'; '.join(problems)}", RuntimeWarning, stacklevel=2)
+        return None
     path = Path(which)
     if not path.is_dir():
         path = run_dir / "checkpoints" / which
-    if not (path / CHECKPOINT_MARKER).is_file():
-        raise FileNotFoundError(f"resume_from_checkpoint: no complete checkpoint at {path}")
+    problems = verify_checkpoint(path)
+    if problems:
+        raise CheckpointError(f"resume_from_checkpoint: {path} cannot be used: {'; '.join(problems)}")
     return path
 
 
@@ -428,7 +530,16 @@ class DreamBoothTrainer:
     Use :func:`train` unless you need the pieces (tests and benchmarks do).
     """
 
-    def __init__(self, config: TrainConfig, *, progress: bool = True, callbacks: Sequence[Callable] = ()):
+    hooks: dict[str, Callable]
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        progress: bool = True,
+        callbacks: Sequence[Callable] = (),
+        hooks: dict[str, Callable] | None = None,
+    ):
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration, set_seed
 
@@ -440,7 +551,10 @@ class DreamBoothTrainer:
 
         self.config = config = config.validate()
         self.progress = progress
-        self.callbacks = list(callbacks)
+        self.callbacks = list(callbacks)  # called as cb(trainer, row) after every optimizer step
+        # named hook points for tests and instrumentation: "loss" (may return a replacement loss),
+        # "after_backward", "checkpoint_file" (after each file or folder of a checkpoint is written)
+        self.hooks = dict(hooks or {})
         self.run_dir = check_run_dir(config)
         self.model_path = resolve_model(config.pretrained_model, config.resolution)
         mixed_precision = resolve_mixed_precision(config.mixed_precision, resolve_device())
@@ -476,6 +590,7 @@ class DreamBoothTrainer:
                 move_module(self.safety_checker, acc.device, self.weight_dtype_for(acc))
         self.vae.requires_grad_(False)
         text_encoder.requires_grad_(config.train_text_encoder)
+        apply_speed_settings(config, unet, acc.device)
         if config.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
             if config.train_text_encoder:
@@ -503,12 +618,21 @@ class DreamBoothTrainer:
         move_module(self.vae, acc.device, self.weight_dtype)
         if not config.train_text_encoder:
             move_module(self.text_encoder, acc.device, self.weight_dtype)
+        self.latent_cache = None
+        if self.use_latent_cache:
+            t0 = time.perf_counter()
+            self.latent_cache = LatentCache.build(self.dataset, self.vae, progress=progress)
+            self._log(
+                f"cached the latents of {len(self.dataset.instance_paths) + len(self.dataset.class_paths)} images "
+                f"({_gb(self.latent_cache.nbytes)}) in {time.perf_counter() - t0:.1f} s"
+            )
+            if config.offload_vae and acc.device.type == "cuda":
+                move_module(self.vae, "cpu")  # back on the GPU only for validation
         self.generator = torch.Generator(device=acc.device).manual_seed(config.seed + acc.process_index)
-        acc.register_save_state_pre_hook(self._save_models_hook)
-        acc.register_load_state_pre_hook(self._load_models_hook)
-
         self.global_step = 0
         self.micro_step = 0
+        self.skipped_steps = 0  # optimizer steps the fp16 grad scaler skipped (inf/NaN gradients)
+        self.resumed_from: Path | None = None
         if config.resume_from_checkpoint is not None:
             self._resume(config.resume_from_checkpoint)
         self.sampler.start = self.micro_step
@@ -519,6 +643,11 @@ class DreamBoothTrainer:
         return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
     # -- data -----------------------------------------------------------------------------------
+    @property
+    def use_latent_cache(self) -> bool:
+        """Latents are cached when asked for and the images are center-cropped (random crops change them)."""
+        return self.config.cache_latents and self.config.center_crop
+
     def _build_data(self) -> None:
         from .data import DreamBoothDataset, StepBatchSampler, collate_examples
 
@@ -533,6 +662,7 @@ class DreamBoothTrainer:
             class_prompt=c.class_prompt,
             num_class_images=c.num_class_images,
             seed=c.seed,
+            load_pixels=not self.use_latent_cache,
         )
         self.sampler = StepBatchSampler(
             len(self.dataset),
@@ -559,69 +689,72 @@ class DreamBoothTrainer:
         model = self.accelerator.unwrap_model(model)
         return model._orig_mod if is_compiled_module(model) else model
 
-    def _save_models_hook(self, models, weights, output_dir):
-        from diffusers import UNet2DConditionModel
-
-        if self.accelerator.is_main_process:
-            for model in models:
-                model = self._unwrap(model)
-                sub = "unet" if isinstance(model, UNet2DConditionModel) else "text_encoder"
-                model.save_pretrained(os.path.join(output_dir, sub), safe_serialization=True)
-                weights.pop()
-
-    def _load_models_hook(self, models, input_dir):
-        from diffusers import UNet2DConditionModel
-        from safetensors.torch import load_file
-
-        while models:
-            model = self._unwrap(models.pop())
-            sub = "unet" if isinstance(model, UNet2DConditionModel) else "text_encoder"
-            files = sorted((Path(input_dir) / sub).glob("*.safetensors"))
-            if not files:
-                raise FileNotFoundError(f"checkpoint {input_dir} has no {sub}/*.safetensors")
-            state = {}
-            for f in files:
-                state.update(load_file(f))
-            model.load_state_dict(state, strict=True)
+    def _fire(self, point: str, *args):
+        """Call the hook registered for ``point`` (fault injection in tests, instrumentation)."""
+        hook = self.hooks.get(point)
+        return hook(self, *args) if hook is not None else None
 
     def save_checkpoint(self) -> Path:
-        """Save the full training state to ``checkpoints/checkpoint-<step>`` atomically.
+        """Save the full training state to ``checkpoints/checkpoint-<step>``, atomically, in safetensors and
+        JSON only (see :mod:`cartoonify.checkpoint`).
 
-        The state is written to a hidden temporary folder, its marker file last, then renamed into
-        place; older checkpoints beyond ``checkpoints_total_limit`` are removed afterwards.
+        Everything is written to a hidden temporary folder, the marker with the checksums last, then the
+        folder is renamed into place; older checkpoints beyond ``checkpoints_total_limit`` are removed only
+        after that. A write error (a full disk) removes the temporary folder, leaves every earlier
+        checkpoint as it was, and stops training with :class:`CheckpointSaveError`.
         """
-        from safetensors.torch import save_file
+        from .checkpoint import rng_states, save_state, write_marker
 
+        acc = self.accelerator
         root = self.run_dir / "checkpoints"
-        root.mkdir(parents=True, exist_ok=True)
         final = root / f"checkpoint-{self.global_step}"
         tmp = root / f".tmp-checkpoint-{self.global_step}"
-        acc = self.accelerator
         if acc.is_main_process:
+            root.mkdir(parents=True, exist_ok=True)
             for stale in (tmp, root / f".old-checkpoint-{self.global_step}"):  # left by a crash
                 if stale.exists():
                     shutil.rmtree(stale)
+            tmp.mkdir()
         acc.wait_for_everyone()
-        acc.save_state(str(tmp), safe_serialization=True)
-        save_file(
-            {"noise_generator": self.generator.get_state()},
-            str(tmp / f"trainer_rng_{acc.process_index}.safetensors"),
-        )
-        acc.wait_for_everyone()  # every process has written its RNG states
+        try:
+            if acc.is_main_process:
+                for name, module in (("unet", self.unet), ("text_encoder", self.text_encoder)):
+                    if name == "text_encoder" and not self.config.train_text_encoder:
+                        continue
+                    self._unwrap(module).save_pretrained(str(tmp / name), safe_serialization=True)
+                    self._fire("checkpoint_file", tmp / name)
+                for name, state in (
+                    ("optimizer", self.optimizer.optimizer.state_dict()),
+                    ("lr_scheduler", self.lr_scheduler.scheduler.state_dict()),
+                    ("grad_scaler", acc.scaler.state_dict() if acc.scaler is not None else {}),
+                ):
+                    save_state(tmp, name, state)
+                    self._fire("checkpoint_file", tmp / name)
+            save_state(tmp, f"rng_{acc.process_index}", rng_states(self.generator))
+            self._fire("checkpoint_file", tmp / f"rng_{acc.process_index}")
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                state = {"global_step": self.global_step, "micro_step": self.micro_step, "epoch": self.epoch,
+                         "skipped_steps": self.skipped_steps}
+                write_json(tmp / "trainer_state.json", state)
+                write_marker(tmp, {**state, "optimizer": self.optimizer_name, "processes": acc.num_processes})
+                if final.exists():  # re-saving a step after resuming from an older checkpoint
+                    old = root / f".old-checkpoint-{self.global_step}"
+                    os.replace(final, old)
+                    os.replace(tmp, final)
+                    shutil.rmtree(old)
+                else:
+                    os.replace(tmp, final)
+        except OSError as err:
+            if acc.is_main_process and tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+            last = list_checkpoints(self.run_dir)
+            raise CheckpointSaveError(
+                f"could not write checkpoint-{self.global_step} ({type(err).__name__}: {err}); is the disk full? "
+                f"The partial save was removed; "
+                f"{'the previous checkpoint ' + str(last[-1]) + ' is intact' if last else 'no earlier checkpoint exists'}."
+            ) from err
         if acc.is_main_process:
-            state = {"global_step": self.global_step, "micro_step": self.micro_step, "epoch": self.epoch}
-            write_json(tmp / "trainer_state.json", state)
-            files = {
-                str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()
-            }
-            write_json(tmp / CHECKPOINT_MARKER, {**state, "optimizer": self.optimizer_name, "files": files})
-            if final.exists():  # re-saving a step after resuming from an older checkpoint
-                old = root / f".old-checkpoint-{self.global_step}"
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, final)
             self._prune_checkpoints()
         acc.wait_for_everyone()
         return final
@@ -636,17 +769,38 @@ class DreamBoothTrainer:
             shutil.rmtree(old)
 
     def _resume(self, which: str) -> None:
+        """Restore everything that makes the rest of the run identical: trained weights, optimizer (8-bit
+        state included), LR scheduler, grad scaler, every random generator and the data position."""
         from safetensors.torch import load_file
+
+        from .checkpoint import check_architecture, check_safe_to_load, load_state, set_rng_states
 
         path = find_checkpoint(self.run_dir, which)
         if path is None:
             logger.warning("resume_from_checkpoint=%r: no checkpoint in %s; starting a new run", which, self.run_dir)
             return
-        self.accelerator.load_state(str(path))
+        check_safe_to_load(path, self.config.allow_pickle)
+        for name, module in (("unet", self.unet), ("text_encoder", self.text_encoder)):
+            if name == "text_encoder" and not self.config.train_text_encoder:
+                continue
+            model = self._unwrap(module)
+            saved = json.loads((path / name / "config.json").read_text())
+            check_architecture(saved, dict(model.config.to_dict() if hasattr(model.config, "to_dict") else model.config),
+                               name, str(path), self.model_path)
+            state = {}
+            for f in sorted((path / name).glob("*.safetensors")):
+                state.update(load_file(str(f)))
+            model.load_state_dict(state, strict=True)
+        self.optimizer.optimizer.load_state_dict(load_state(path, "optimizer"))
+        self.lr_scheduler.scheduler.load_state_dict(load_state(path, "lr_scheduler"))
+        scaler_state = load_state(path, "grad_scaler")
+        if self.accelerator.scaler is not None and scaler_state:
+            self.accelerator.scaler.load_state_dict(scaler_state)
+        set_rng_states(load_state(path, f"rng_{self.accelerator.process_index}"), self.generator)
         state = json.loads((path / "trainer_state.json").read_text())
         self.global_step, self.micro_step = int(state["global_step"]), int(state["micro_step"])
-        rng_file = path / f"trainer_rng_{self.accelerator.process_index}.safetensors"
-        self.generator.set_state(load_file(str(rng_file))["noise_generator"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.resumed_from = path
         self._log(f"resumed from {path} at step {self.global_step}")
 
     # -- validation -----------------------------------------------------------------------------
@@ -674,6 +828,8 @@ class DreamBoothTrainer:
         out_dir = self.run_dir / "validation" / f"step-{self.global_step}"
         for m in self.trained:
             m.eval()
+        vae_device = next(self.vae.parameters()).device
+        move_module(self.vae, self.accelerator.device)
         try:
             result = text_to_image(
                 self.pipeline(),
@@ -686,6 +842,7 @@ class DreamBoothTrainer:
                 autocast_dtype=self.weight_dtype,
             )
         finally:
+            move_module(self.vae, vae_device)
             for m in self.trained:
                 m.train()
         save_sample_result(result, out_dir, extra={"step": self.global_step})
@@ -716,16 +873,12 @@ class DreamBoothTrainer:
             f"keeps {plan['kept']}, plus a {_gb(plan['pipeline_bytes'])} pipeline: about {_gb(plan['bytes'])} "
             f"at its peak; {_gb(plan['free'])} free in {self.run_dir}"
         )
-        if plan["bytes"] > plan["free"]:
-            warnings.warn(
-                f"a full run needs about {_gb(plan['bytes'])} but only {_gb(plan['free'])} is free in "
-                f"{self.run_dir}; lower checkpoints_total_limit or free space",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        self._check_disk(plan)
         if acc.is_main_process and c.report_to != "none":
             hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in c.to_dict().items()}
-            acc.init_trackers("dreambooth", config=hparams)
+            # after a resume, TensorBoard drops the killed run's events past the checkpoint (purge_step)
+            kwargs = {"tensorboard": {"purge_step": self.global_step + 1}} if self.global_step else {}
+            acc.init_trackers("dreambooth", config=hparams, init_kwargs=kwargs)
         main = acc.is_main_process
         log = LossLog(self.run_dir / c.logging_dir / "train_log.csv", self.global_step) if main else None
         result.log_csv = log.path if log else None
@@ -741,53 +894,14 @@ class DreamBoothTrainer:
         for m in self.trained:
             m.train()
         try:
-            while self.global_step < c.max_train_steps:
-                t0 = time.perf_counter()
-                losses = []
-                grad_norm = None
-                while True:  # micro-batches of one optimizer step
-                    batch = next(data)
-                    with acc.accumulate(*self.trained):
-                        loss, inst, prior = training_step(
-                            self.unet,
-                            self.text_encoder,
-                            self.vae,
-                            self.noise_scheduler,
-                            batch,
-                            self.generator,
-                            with_prior_preservation=c.with_prior_preservation,
-                            prior_loss_weight=c.prior_loss_weight,
-                        )
-                        acc.backward(loss)
-                        if acc.sync_gradients:
-                            grad_norm = acc.clip_grad_norm_(params, c.max_grad_norm)
-                        self.optimizer.step()
-                        self.lr_scheduler.step()
-                        self.optimizer.zero_grad(set_to_none=c.set_grads_to_none)
-                    self.micro_step += 1
-                    losses.append((loss.detach(), inst.detach(), None if prior is None else prior.detach()))
-                    if acc.sync_gradients:
-                        break
-                self.global_step += 1
-                row = self._row(losses, grad_norm)
-                result.train_seconds += time.perf_counter() - t0
-                result.steps_run += 1
-                if not math.isfinite(row["loss"]):
-                    raise NonFiniteLossError(self._nonfinite_message(row["loss"]))
-                if log:
-                    log.write(row)
-                acc.log({k: row[k] for k in ("loss", "loss_instance", "loss_prior", "lr", "grad_norm") if row[k] is not None}, step=self.global_step)
-                bar.update(1)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
-                for cb in self.callbacks:
-                    cb(self, row)
-                if self.global_step % c.checkpointing_steps == 0:
-                    self._checkpoint_and_validate(result)
+            self._train_loop(result, log, bar, params, data)
             if result.steps_run and self.global_step % c.checkpointing_steps != 0:
                 self._checkpoint_and_validate(result)  # the end of a run off the checkpoint grid
             if c.save_final_pipeline and main:
                 result.pipeline_dir = self.save_pipeline()
             acc.wait_for_everyone()
+        except torch.OutOfMemoryError as err:
+            raise TrainingOutOfMemoryError(self._oom_message(err)) from err
         finally:
             bar.close()
             if log:
@@ -795,6 +909,95 @@ class DreamBoothTrainer:
             acc.end_training()
         result.global_step = self.global_step
         return result
+
+    def _check_disk(self, plan: dict[str, Any]) -> None:
+        """Refuse (``disk_check="refuse"``) or warn when the rest of the run needs more disk than is free."""
+        done = sum(p.stat().st_size for ck in list_checkpoints(self.run_dir) for p in ck.rglob("*") if p.is_file())
+        needed = max(0, plan["bytes"] - done)
+        if needed <= plan["free"] or self.config.disk_check == "off":
+            return
+        msg = (
+            f"the rest of this run needs about {_gb(needed)} of disk ({plan['kept']} checkpoint(s) of "
+            f"{_gb(plan['checkpoint_bytes'])} + the final pipeline) but only {_gb(plan['free'])} is free in "
+            f"{self.run_dir}; free space, set checkpoints_total_limit, or disk_check='warn' to go on anyway"
+        )
+        if self.config.disk_check == "refuse":
+            raise InsufficientDiskError(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+    def _oom_message(self, err: BaseException) -> str:
+        c = self.config
+        last = list_checkpoints(self.run_dir)
+        tips = []
+        if not c.gradient_checkpointing:
+            tips.append("gradient_checkpointing=True")
+        if not c.use_8bit_adam:
+            tips.append("use_8bit_adam=True")
+        if c.train_batch_size > 1:
+            tips.append(f"a smaller train_batch_size (now {c.train_batch_size}; raise gradient_accumulation_steps "
+                        "to keep the effective batch)")
+        if c.train_text_encoder:
+            tips.append("train_text_encoder=False")
+        if c.mixed_precision == "no":
+            tips.append("mixed_precision='fp16'")
+        return (
+            f"CUDA ran out of memory at step {self.global_step + 1}. Settings that lower memory: "
+            + "; ".join(tips or ["a smaller resolution"])
+            + f". No checkpoint was corrupted; the last complete one is {last[-1] if last else 'none'}. ({err})"
+        )
+
+    def _train_loop(self, result: TrainResult, log, bar, params, data) -> None:
+        """Optimizer steps until ``max_train_steps``; a checkpoint and validation every ``checkpointing_steps``."""
+        c, acc = self.config, self.accelerator
+        while self.global_step < c.max_train_steps:
+            t0 = time.perf_counter()
+            losses = []
+            grad_norm = None
+            while True:  # micro-batches of one optimizer step
+                batch = next(data)
+                if self.latent_cache is not None:
+                    batch.update(self.latent_cache.lookup(batch))
+                with acc.accumulate(*self.trained):
+                    loss, inst, prior = training_step(
+                        self.unet,
+                        self.text_encoder,
+                        self.vae,
+                        self.noise_scheduler,
+                        batch,
+                        self.generator,
+                        with_prior_preservation=c.with_prior_preservation,
+                        prior_loss_weight=c.prior_loss_weight,
+                    )
+                    loss = self._fire("loss", loss) if "loss" in self.hooks else loss
+                    acc.backward(loss)
+                    self._fire("after_backward")
+                    if acc.sync_gradients:
+                        grad_norm = acc.clip_grad_norm_(params, c.max_grad_norm)
+                    self.optimizer.step()
+                    if acc.sync_gradients and self.optimizer.step_was_skipped:
+                        self.skipped_steps += 1  # the fp16 grad scaler found inf/NaN gradients
+                    self.lr_scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=c.set_grads_to_none)
+                self.micro_step += 1
+                losses.append((loss.detach(), inst.detach(), None if prior is None else prior.detach()))
+                if acc.sync_gradients:
+                    break
+            self.global_step += 1
+            row = self._row(losses, grad_norm)
+            result.train_seconds += time.perf_counter() - t0
+            result.steps_run += 1
+            if not math.isfinite(row["loss"]):
+                raise NonFiniteLossError(self._nonfinite_message(row["loss"]))
+            if log:
+                log.write(row)
+            scalars = ("loss", "loss_instance", "loss_prior", "lr", "grad_norm", "skipped_steps")
+            acc.log({k: row[k] for k in scalars if row[k] is not None}, step=self.global_step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+            for cb in self.callbacks:
+                cb(self, row)
+            if self.global_step % c.checkpointing_steps == 0:
+                self._checkpoint_and_validate(result)
 
     def _checkpoint_and_validate(self, result: TrainResult) -> None:
         result.checkpoints.append(self.save_checkpoint())
@@ -820,6 +1023,7 @@ class DreamBoothTrainer:
             "lr": self.lr_scheduler.get_last_lr()[0],
             "grad_norm": None if grad_norm is None else float(grad_norm),
             "epoch": (self.micro_step - 1) // self.sampler.batches_per_epoch,  # of the batches just trained
+            "skipped_steps": self.skipped_steps,
             "wall_time": round(time.time(), 3),
         }
 
@@ -906,7 +1110,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(argv)
         result = train(config)
-    except (ConfigError, FileNotFoundError, RunExistsError, ImageLoadError, NonFiniteLossError) as err:
+    except (
+        ConfigError,
+        FileNotFoundError,
+        RunExistsError,
+        ImageLoadError,
+        NonFiniteLossError,
+        TrainingOutOfMemoryError,
+        InsufficientDiskError,
+        CheckpointSaveError,
+        CheckpointError,
+    ) as err:
         # DataFolderError is a FileNotFoundError; every message names the key, file, folder or step
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -140,8 +140,13 @@ def test_checkpoints_at_configured_steps_and_reload(trained_run):
         step = int(ckpt.name.split("-")[1])
         assert (ckpt / "unet" / "diffusion_pytorch_model.safetensors").is_file()
         assert (ckpt / "text_encoder" / "model.safetensors").is_file()
-        for name in ("optimizer.bin", "scheduler.bin", "random_states_0.pkl", "trainer_rng_0.safetensors"):
-            assert (ckpt / name).is_file(), name  # what resume needs
+        for name in ("optimizer.safetensors", "optimizer.json", "lr_scheduler.json", "grad_scaler.json",
+                     "rng_0.safetensors", "rng_0.json", "trainer_state.json"):
+            assert (ckpt / name).is_file(), name  # what resume needs, in safetensors and JSON only
+        assert not [p for p in ckpt.rglob("*") if p.suffix in (".bin", ".pkl", ".pt")]
+        from cartoonify.checkpoint import verify_checkpoint
+
+        assert verify_checkpoint(ckpt) == []
         marker = json.loads((ckpt / "checkpoint.json").read_text())
         assert marker["global_step"] == step
         modules = load_trained_modules(ckpt)
@@ -350,3 +355,23 @@ def test_cli_reports_config_errors_without_traceback(tmp_path):
         text=True,
     )
     assert proc.returncode == 2 and "'resolution'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cached_latents_match_per_step_encoding(small_config, tmp_path):
+    """The latent cache draws the same posterior samples as encoding every step (diffusers' way)."""
+    from cartoonify.train import DreamBoothTrainer
+
+    runs = {}
+    for cached in (True, False):
+        cfg = small_config(cache_latents=cached, max_train_steps=3, checkpointing_steps=3, num_validation_images=0,
+                           save_final_pipeline=False, output_dir=str(tmp_path / f"cached-{cached}"))
+        trainer = DreamBoothTrainer(cfg, progress=False)
+        assert (trainer.latent_cache is not None) == cached
+        assert ("pixel_values" in next(iter(trainer.dataloader))) == (not cached)
+        res = trainer.run()
+        runs[cached] = (read_loss_log(res.log_csv), trainer._unwrap(trainer.unet).state_dict())
+    (rows_c, unet_c), (rows_u, unet_u) = runs[True], runs[False]
+    for a, b in zip(rows_c, rows_u):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    for k in unet_u:
+        torch.testing.assert_close(unet_c[k], unet_u[k], rtol=1e-4, atol=1e-6)

@@ -1,0 +1,537 @@
+"""Speed and memory benchmarks: ``python -m cartoonify.bench {tiny,sd15,reference}``.
+
+- ``tiny`` (CPU or GPU): the embedded model at 64 px, batch 4 + 4 class images, text encoder trained,
+  8-bit AdamW. Training steps/s and images/s with each optimisation on and off, peak memory, class-image
+  generation images/s (batched vs diffusers' batch of 4) and validation images/s (modules in memory vs a
+  pipeline reloaded from disk, as diffusers' script does).
+- ``sd15`` (GPU): the full SD1.5 architecture with random weights at 512², batch 4 + 4, UNet and text
+  encoder trained, fp16 mixed precision, 8-bit AdamW, with and without gradient checkpointing; MFU from
+  ``torch.utils.flop_counter`` against a measured matmul peak.
+- ``reference``: diffusers' ``examples/dreambooth/train_dreambooth.py`` (a checkout given with
+  ``--diffusers``) against ``python -m cartoonify.train`` on the same model, data and settings, side by
+  side; steps/s from the wall-time difference of two step counts, so start-up and saving cancel out.
+
+Each variant runs in its own process (peak RSS is per process). Warm-up steps are dropped; the figure is
+the median of several timed repetitions. Results go to ``benchmarks/results/<config>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+RESULTS_DIR = Path("benchmarks") / "results"
+
+# name -> TrainConfig overrides relative to the default (every optimisation on)
+TINY_VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "no_cache_latents": {"cache_latents": False},
+    "no_sdpa": {"use_sdpa": False},
+    "gradient_checkpointing": {"gradient_checkpointing": True},
+    "grads_zeroed_not_none": {"set_grads_to_none": False},
+    "torch_adamw": {"use_8bit_adam": False},
+}
+SD15_VARIANTS: dict[str, dict[str, Any]] = {
+    "gradient_checkpointing": {"gradient_checkpointing": True},
+    "no_gradient_checkpointing": {},
+    "gradient_checkpointing_no_cache_latents": {"gradient_checkpointing": True, "cache_latents": False},
+    "gradient_checkpointing_no_channels_last": {"gradient_checkpointing": True, "channels_last": False},
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# environment
+# ------------------------------------------------------------------------------------------------
+
+
+def environment() -> dict[str, Any]:
+    """The machine and library versions a result was measured with."""
+    from .utils import library_versions, machine_info
+
+    return {"machine": machine_info(), "versions": library_versions(), "python": platform.python_version()}
+
+
+def peak_memory_bytes(device) -> int:
+    """CUDA: max allocated since the last reset; CPU: this process's peak resident set size."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return int(torch.cuda.max_memory_allocated())
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def _sync(device) -> None:
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        torch.cuda.synchronize()
+
+
+# ------------------------------------------------------------------------------------------------
+# fixtures: model, data
+# ------------------------------------------------------------------------------------------------
+
+
+def prepare_tiny(work: Path, n_images: int = 24, n_class: int = 48) -> dict[str, str]:
+    """The tiny model, 64 px demo images and ``n_class`` class images under ``work`` (reused if there)."""
+    from .config import TrainConfig
+    from .demo_data import make_style_images
+    from .models import TINY_MODEL, resolve_model
+    from .prior import ensure_class_images
+
+    model = resolve_model(TINY_MODEL, 64)
+    instance = work / "instance"
+    make_style_images(instance, n=n_images, size=64, seed=0)
+    klass = work / "class"
+    cfg = TrainConfig(pretrained_model=model, class_dir=str(klass), num_class_images=n_class, sample_batch_size=16,
+                      prior_generation_precision="fp32", class_inference_steps=10)
+    ensure_class_images(cfg, progress=False)
+    return {"model": model, "instance_dir": str(instance), "class_dir": str(klass)}
+
+
+def prepare_sd15(work: Path) -> str:
+    """A random-weight SD1.5 pipeline in diffusers format (fp16 files) under ``work``."""
+    from .models import build_sd15_pipeline
+
+    path = work / "sd15-random"
+    if not (path / "model_index.json").is_file():
+        build_sd15_pipeline(path)
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# one variant (runs in a worker process)
+# ------------------------------------------------------------------------------------------------
+
+
+def measure_training(config, warmup: int, steps: int, repeats: int, flops: bool = False) -> dict[str, Any]:
+    """Train ``warmup + steps * repeats`` steps; steps/s of each repetition, their median, peak memory."""
+    import torch
+
+    from .train import DreamBoothTrainer
+
+    stamps: list[float] = []
+
+    def stamp(trainer, row):
+        _sync(trainer.accelerator.device)
+        stamps.append(time.perf_counter())
+
+    total = warmup + steps * repeats
+    trainer = DreamBoothTrainer(config.replace(max_train_steps=total), progress=False, callbacks=[stamp])
+    device = trainer.accelerator.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t_start = time.perf_counter()
+    trainer.run()
+    rates = []
+    for r in range(repeats):
+        a = stamps[warmup - 1 + r * steps] if warmup else (t_start if r == 0 else stamps[r * steps - 1])
+        b = stamps[warmup - 1 + (r + 1) * steps]
+        rates.append(steps / (b - a))
+    per_step_images = config.train_batch_size * (2 if config.with_prior_preservation else 1)
+    out = {
+        "steps_per_s": statistics.median(rates),
+        "steps_per_s_repeats": rates,
+        "images_per_s": statistics.median(rates) * per_step_images,
+        "peak_memory_bytes": peak_memory_bytes(device),
+        "optimizer": trainer.optimizer_name,
+        "device": str(device),
+    }
+    if flops:
+        out.update(measure_mfu(trainer, out["steps_per_s"]))
+    return out
+
+
+def training_flops(trainer) -> int:
+    """FLOPs of one training step (forward + backward), counted by ``torch.utils.flop_counter``."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .train import training_step
+
+    batch = next(iter(trainer.dataloader))
+    if trainer.latent_cache is not None:
+        batch.update(trainer.latent_cache.lookup(batch))
+    gen = torch.Generator(device=trainer.accelerator.device).manual_seed(0)
+    with FlopCounterMode(display=False) as counter:
+        with trainer.accelerator.autocast():
+            loss, _, _ = training_step(
+                trainer.unet, trainer.text_encoder, trainer.vae, trainer.noise_scheduler, batch, gen,
+                with_prior_preservation=trainer.config.with_prior_preservation,
+            )
+        loss.backward()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def matmul_peak_flops(device, dtype=None, n: int = 8192, repeats: int = 20) -> float:
+    """Achievable FLOP/s of a large matmul on ``device`` (fp16 on CUDA, fp32 on CPU)."""
+    import torch
+
+    dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+    n = n if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - t0)
+
+
+def measure_mfu(trainer, steps_per_s: float) -> dict[str, Any]:
+    """Model FLOPs utilisation: counted FLOPs per step x steps/s over the measured matmul peak."""
+    flops = training_flops(trainer)
+    peak = matmul_peak_flops(trainer.accelerator.device)
+    return {"flops_per_step": flops, "peak_flops_per_s": peak, "mfu": flops * steps_per_s / peak}
+
+
+def measure_class_generation(model: str, device, n: int = 16, batch_sizes=(4, 16), steps: int = 50) -> dict[str, Any]:
+    """Class-image generation images/s: diffusers' script (batch 4, the pipeline's defaults) vs batched."""
+    import torch
+
+    from .models import load_pipeline
+    from .sample import text_to_image
+
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    pipe = load_pipeline(model, torch_dtype=dtype, safety_checker=False).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    out = {}
+    for bs in batch_sizes:
+        text_to_image(pipe, "an illustration", list(range(bs)), num_inference_steps=2, batch_size=bs)  # warm-up
+        _sync(device)
+        t0 = time.perf_counter()
+        text_to_image(pipe, "an illustration", list(range(n)), num_inference_steps=steps, batch_size=bs)
+        _sync(device)
+        out[f"batch_{bs}_images_per_s"] = n / (time.perf_counter() - t0)
+    return out
+
+
+def measure_validation(config, device, repeats: int = 3) -> dict[str, Any]:
+    """Validation images/s: a pipeline over the modules in memory vs one reloaded from disk each time."""
+    from diffusers import DiffusionPipeline
+
+    from .schedulers import make_scheduler
+    from .sample import text_to_image
+    from .train import DreamBoothTrainer
+
+    trainer = DreamBoothTrainer(config.replace(max_train_steps=1), progress=False)
+    n, steps = config.num_validation_images or 4, config.validation_inference_steps
+    seeds = list(range(n))
+
+    def in_memory():
+        text_to_image(trainer.pipeline(), config.validation_prompt, seeds, num_inference_steps=steps)
+
+    def reloaded():
+        pipe = DiffusionPipeline.from_pretrained(
+            trainer.model_path, unet=trainer._unwrap(trainer.unet), text_encoder=trainer._unwrap(trainer.text_encoder),
+            tokenizer=trainer.tokenizer, safety_checker=None, requires_safety_checker=False,
+        )
+        pipe.scheduler = make_scheduler(config.validation_scheduler, pipe.scheduler)
+        pipe.to(device).set_progress_bar_config(disable=True)
+        text_to_image(pipe, config.validation_prompt, seeds, num_inference_steps=steps)
+
+    out = {}
+    for name, fn in (("in_memory", in_memory), ("reloaded_from_disk", reloaded)):
+        fn()
+        times = []
+        for _ in range(repeats):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        out[f"{name}_images_per_s"] = n / statistics.median(times)
+    return out
+
+
+def worker(args: argparse.Namespace) -> int:
+    """Run one variant and write its JSON (called in a fresh process by :func:`run_suite`)."""
+    from .config import TrainConfig
+
+    overrides = json.loads(args.overrides)
+    config = TrainConfig.from_dict(json.loads(args.train_config)).replace(**overrides)
+    result: dict[str, Any] = {"variant": args.variant, "overrides": overrides}
+    if args.kind == "train":
+        result.update(measure_training(config, args.warmup, args.steps, args.repeats, flops=args.flops))
+    elif args.kind == "class_generation":
+        from .utils import resolve_device
+
+        result.update(measure_class_generation(config.pretrained_model, resolve_device(), steps=args.steps))
+    elif args.kind == "validation":
+        from .utils import resolve_device
+
+        result.update(measure_validation(config, resolve_device()))
+    Path(args.result).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def _run_worker(kind: str, variant: str, config, overrides: dict, args, flops: bool = False) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "result.json"
+        cmd = [
+            sys.executable, "-m", "cartoonify.bench", "_worker", "--kind", kind, "--variant", variant,
+            "--train-config", json.dumps(config.replace(output_dir=str(Path(tmp) / "run")).to_dict()),
+            "--overrides", json.dumps(overrides), "--result", str(result),
+            "--warmup", str(args.warmup), "--steps", str(args.steps), "--repeats", str(args.repeats),
+        ] + (["--flops"] if flops else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            return {"variant": variant, "error": proc.stderr[-2000:]}
+        return json.loads(result.read_text())
+
+
+def base_config(kind: str, paths: dict[str, str]):
+    """The benchmark's training config: batch 4 + 4 class images, text encoder trained, 8-bit AdamW."""
+    from .config import TrainConfig
+
+    common = dict(
+        instance_dir=paths["instance_dir"], class_dir=paths["class_dir"], num_class_images=48, train_batch_size=4,
+        train_text_encoder=True, use_8bit_adam=True, learning_rate=1e-4, checkpointing_steps=10**6,
+        num_validation_images=0, save_final_pipeline=False, report_to="none", validation_inference_steps=25,
+    )
+    if kind == "tiny":
+        return TrainConfig(pretrained_model=paths["model"], resolution=64, mixed_precision="no", **common)
+    return TrainConfig(pretrained_model=paths["model"], resolution=512, mixed_precision="fp16", variant=None, **common)
+
+
+def run_suite(args: argparse.Namespace) -> dict[str, Any]:
+    """All variants of ``args.config`` ("tiny" or "sd15"), each in its own process."""
+    work = Path(args.work or tempfile.mkdtemp(prefix="cartoonify-bench-"))
+    paths = prepare_tiny(work)
+    if args.config == "sd15":
+        paths["model"] = prepare_sd15(work)
+    config = base_config(args.config, paths)
+    variants = TINY_VARIANTS if args.config == "tiny" else SD15_VARIANTS
+    if args.only:
+        variants = {k: v for k, v in variants.items() if k in args.only}
+    results: dict[str, Any] = {
+        "config": args.config,
+        "settings": {"warmup": args.warmup, "steps": args.steps, "repeats": args.repeats, **config.to_dict()},
+        "environment": environment(),
+        "training": [],
+    }
+    for name, overrides in variants.items():
+        print(f"[{args.config}] training: {name} ...", flush=True)
+        results["training"].append(_run_worker("train", name, config, overrides, args, flops=args.config == "sd15"))
+    if not args.only:
+        print(f"[{args.config}] class-image generation ...", flush=True)
+        results["class_generation"] = _run_worker("class_generation", "batched", config, {}, args)
+        print(f"[{args.config}] validation ...", flush=True)
+        results["validation"] = _run_worker("validation", "validation", config.replace(num_validation_images=4), {}, args)
+    return results
+
+
+# ------------------------------------------------------------------------------------------------
+# the reference, side by side
+# ------------------------------------------------------------------------------------------------
+
+# diffusers' script imports torchvision only for these four transforms; there is no CPU build of
+# torchvision here, so the reference runs with this stand-in (PIL/numpy, the same operations)
+TORCHVISION_STANDIN = '''
+import numpy as np, torch
+from PIL import Image
+class InterpolationMode:
+    BILINEAR = Image.BILINEAR
+class Compose:
+    def __init__(self, ts): self.ts = ts
+    def __call__(self, x):
+        for t in self.ts: x = t(x)
+        return x
+class Resize:
+    def __init__(self, size, interpolation=Image.BILINEAR): self.size, self.i = size, interpolation
+    def __call__(self, img):
+        w, h = img.size
+        if w <= h: nw, nh = self.size, int(self.size * h / w)
+        else: nw, nh = int(self.size * w / h), self.size
+        return img if (w, h) == (nw, nh) else img.resize((nw, nh), self.i)
+class CenterCrop:
+    def __init__(self, size): self.size = size
+    def __call__(self, img):
+        w, h = img.size; l = int(round((w - self.size) / 2.0)); t = int(round((h - self.size) / 2.0))
+        return img.crop((l, t, l + self.size, t + self.size))
+RandomCrop = CenterCrop
+class ToTensor:
+    def __call__(self, img):
+        return torch.from_numpy(np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0)
+class Normalize:
+    def __init__(self, mean, std): self.m, self.s = mean[0], std[0]
+    def __call__(self, x): return (x - self.m) / self.s
+'''
+
+
+def _timed(cmd: list[str], env: dict[str, str], cwd: str | None = None) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:3]} failed:\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
+def run_reference(args: argparse.Namespace) -> dict[str, Any]:
+    """Steps/s of diffusers' script and of ours on the tiny model, same settings, one sitting."""
+    script = Path(args.diffusers) / "examples" / "dreambooth" / "train_dreambooth.py"
+    if not script.is_file():
+        raise FileNotFoundError(f"diffusers' DreamBooth script not found: {script}")
+    work = Path(args.work or tempfile.mkdtemp(prefix="cartoonify-ref-"))
+    paths = prepare_tiny(work)
+    shim = work / "standin"
+    (shim / "torchvision").mkdir(parents=True, exist_ok=True)
+    (shim / "torchvision" / "__init__.py").write_text("from . import transforms\n")
+    (shim / "torchvision" / "transforms.py").write_text(TORCHVISION_STANDIN)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(shim)}
+    settings = dict(resolution=64, train_batch_size=4, learning_rate=1e-4, num_class_images=48, seed=42)
+
+    def reference(steps: int) -> list[str]:
+        return [
+            sys.executable, str(script), "--pretrained_model_name_or_path", paths["model"],
+            "--instance_data_dir", paths["instance_dir"], "--class_data_dir", paths["class_dir"],
+            "--instance_prompt", "an illustration, Disney style", "--class_prompt", "an illustration",
+            "--with_prior_preservation", "--prior_loss_weight", "1.0", "--train_text_encoder", "--use_8bit_adam",
+            "--resolution", str(settings["resolution"]), "--train_batch_size", str(settings["train_batch_size"]),
+            "--learning_rate", str(settings["learning_rate"]), "--lr_scheduler", "constant", "--lr_warmup_steps", "0",
+            "--num_class_images", str(settings["num_class_images"]), "--max_train_steps", str(steps),
+            "--checkpointing_steps", "1000000", "--center_crop", "--mixed_precision", "no", "--seed", "42",
+            "--output_dir", str(work / f"ref-{steps}"),
+        ]
+
+    def ours(steps: int, extra: Sequence[str] = ()) -> list[str]:
+        return [
+            sys.executable, "-m", "cartoonify.train", "--pretrained_model", paths["model"],
+            "--instance_dir", paths["instance_dir"], "--class_dir", paths["class_dir"],
+            "--resolution", "64", "--train_batch_size", "4", "--learning_rate", "1e-4", "--num_class_images", "48",
+            "--max_train_steps", str(steps), "--checkpointing_steps", "1000000", "--num_validation_images", "0",
+            "--mixed_precision", "no", "--report_to", "none", "--output_dir", str(work / f"ours-{steps}-{len(extra)}"),
+            *extra,
+        ]
+
+    lo, hi = args.ref_steps
+    out: dict[str, Any] = {"config": "reference", "settings": {**settings, "steps": [lo, hi]}, "environment": environment()}
+    rows = {}
+    for name, make in (
+        ("reference", reference),
+        ("cartoonify", ours),
+        ("cartoonify_no_cache_latents", lambda s: ours(s, ["--cache_latents", "false"])),
+    ):
+        times = []
+        for rep in range(args.repeats):
+            for steps in (lo, hi):
+                print(f"[reference] {name}: {steps} steps (repeat {rep + 1})", flush=True)
+                times.append((steps, _timed(make(steps), env)))
+        rates = [
+            (hi - lo) / (t_hi - t_lo)
+            for (s_lo, t_lo), (s_hi, t_hi) in zip(times[0::2], times[1::2])
+        ]
+        rows[name] = {"steps_per_s": statistics.median(rates), "steps_per_s_repeats": rates, "wall_s": times}
+    out["results"] = rows
+    out["speedup"] = rows["cartoonify"]["steps_per_s"] / rows["reference"]["steps_per_s"]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# output
+# ------------------------------------------------------------------------------------------------
+
+
+def _mb(n: float | None) -> str:
+    return "" if n is None else f"{n / 2**20:.0f} MiB"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """A short table of a results dict."""
+    env = results["environment"]["machine"]
+    where = env.get("gpu") or f"{env.get('processor')} ({env.get('cpu_count')} CPUs)"
+    lines = [f"# `{results['config']}` benchmark", "", f"Machine: {where}; torch "
+             f"{results['environment']['versions'].get('torch')}, diffusers {results['environment']['versions'].get('diffusers')}.", ""]
+    if results["config"] == "reference":
+        lines += ["| trainer | steps/s (median) | repeats |", "| --- | --- | --- |"]
+        for name, row in results["results"].items():
+            reps = ", ".join(f"{r:.2f}" for r in row["steps_per_s_repeats"])
+            lines.append(f"| {name} | {row['steps_per_s']:.2f} | {reps} |")
+        lines += ["", f"Speed-up of cartoonify over diffusers' script: **{results['speedup']:.2f}x**."]
+        return "\n".join(lines) + "\n"
+    lines += ["| variant | steps/s | images/s | peak memory | MFU |", "| --- | --- | --- | --- | --- |"]
+    for row in results["training"]:
+        if "error" in row:
+            lines.append(f"| {row['variant']} | error | | | |")
+            continue
+        mfu = f"{row['mfu'] * 100:.1f}%" if "mfu" in row else ""
+        lines.append(
+            f"| {row['variant']} | {row['steps_per_s']:.2f} | {row['images_per_s']:.1f} | "
+            f"{_mb(row['peak_memory_bytes'])} | {mfu} |"
+        )
+    if "class_generation" in results:
+        cg = results["class_generation"]
+        lines += ["", "Class-image generation (50 steps): " + ", ".join(
+            f"{k.replace('_images_per_s', '').replace('_', ' ')}: {v:.2f} images/s" for k, v in cg.items()
+            if k.endswith("images_per_s"))]
+    if "validation" in results:
+        va = results["validation"]
+        lines += ["", "Validation sampling: " + ", ".join(
+            f"{k.replace('_images_per_s', '').replace('_', ' ')}: {v:.2f} images/s" for k, v in va.items()
+            if k.endswith("images_per_s"))]
+    s = results["settings"]
+    lines += ["", f"Median of {s['repeats']} repetitions of {s['steps']} steps after {s['warmup']} warm-up steps; "
+              "each variant in its own process."]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(results: dict[str, Any], out_dir: str | Path, name: str) -> tuple[Path, Path]:
+    """``<out_dir>/<name>.json`` and ``.md``."""
+    from .utils import atomic_write_text, write_json
+
+    out_dir = Path(out_dir)
+    return write_json(out_dir / f"{name}.json", results), atomic_write_text(out_dir / f"{name}.md", markdown(results))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cartoonify.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("config", choices=["tiny", "sd15", "reference", "_worker"])
+    parser.add_argument("--out", default=str(RESULTS_DIR), help="results folder")
+    parser.add_argument("--name", help="results file name (default: the config)")
+    parser.add_argument("--work", help="scratch folder for the model and data (default: a temporary one)")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", nargs="+", help="only these training variants")
+    parser.add_argument("--diffusers", help="a diffusers checkout (reference)")
+    parser.add_argument("--ref-steps", type=int, nargs=2, default=[10, 60], metavar=("LO", "HI"))
+    # worker-only
+    parser.add_argument("--kind")
+    parser.add_argument("--train-config")
+    parser.add_argument("--variant")
+    parser.add_argument("--overrides", default="{}")
+    parser.add_argument("--result")
+    parser.add_argument("--flops", action="store_true")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.config == "_worker":
+        return worker(args)
+    if args.config == "sd15":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("error: the sd15 benchmark needs a CUDA GPU", file=sys.stderr)
+            return 2
+    results = run_reference(args) if args.config == "reference" else run_suite(args)
+    json_path, md_path = write_results(results, args.out, args.name or args.config)
+    print(md_path.read_text())
+    print(f"written: {json_path}, {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
