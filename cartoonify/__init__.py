@@ -36,9 +36,7 @@ _EXPORTS = {
     "list_images": "data",
     "read_caption": "data",
     "load_training_image": "data",
-    "import_images": "data",
-    "import_summary": "data",
-    "contact_sheet": "data",
+    "collect": "collect",
     # prior
     "generate_class_images": "prior",
     "ensure_class_images": "prior",
@@ -82,7 +80,7 @@ _EXPORTS = {
     "demo_photos": "demo_data",
 }
 
-_SUBMODULES = ("config", "data", "demo_data", "evaluate", "models", "notebooks", "plots", "prior", "rating",
+_SUBMODULES = ("checkpoint", "config", "data", "demo_data", "evaluate", "models", "notebooks", "plots", "prior", "rating",
                "sample", "schedulers", "train", "utils")
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

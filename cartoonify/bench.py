@@ -90,8 +90,8 @@ def prepare_tiny(work: Path, n_images: int = 24, n_class: int = 48) -> dict[str,
     from .prior import ensure_class_images
 
     model = resolve_model(TINY_MODEL, 64)
-    instance = work / "instance"
-    make_style_images(instance, n=n_images, size=64, seed=0)
+    instance = work / "instance"  # no captions: every image gets the instance prompt, as in diffusers' script
+    make_style_images(instance, n=n_images, size=64, seed=0, captions=False)
     klass = work / "class"
     cfg = TrainConfig(pretrained_model=model, class_dir=str(klass), num_class_images=n_class, sample_batch_size=16,
                       prior_generation_precision="fp32", class_inference_steps=10)
@@ -373,6 +373,22 @@ class Normalize:
 '''
 
 
+# transformers and diffusers decide whether torchvision is there when they are imported: import them
+# first, then register the stand-in under sys.modules only, and run the script as __main__
+REFERENCE_RUNNER = '''
+import runpy, sys, types
+import diffusers, transformers  # noqa: F401  (their torchvision checks run now, and find none)
+transforms = types.ModuleType("torchvision.transforms")
+exec({standin!r}, transforms.__dict__)
+torchvision = types.ModuleType("torchvision")
+torchvision.transforms = transforms
+sys.modules.update({{"torchvision": torchvision, "torchvision.transforms": transforms}})
+script = sys.argv[1]
+sys.argv = sys.argv[1:]
+runpy.run_path(script, run_name="__main__")
+'''
+
+
 def _timed(cmd: list[str], env: dict[str, str], cwd: str | None = None) -> float:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
@@ -388,16 +404,14 @@ def run_reference(args: argparse.Namespace) -> dict[str, Any]:
         raise FileNotFoundError(f"diffusers' DreamBooth script not found: {script}")
     work = Path(args.work or tempfile.mkdtemp(prefix="cartoonify-ref-"))
     paths = prepare_tiny(work)
-    shim = work / "standin"
-    (shim / "torchvision").mkdir(parents=True, exist_ok=True)
-    (shim / "torchvision" / "__init__.py").write_text("from . import transforms\n")
-    (shim / "torchvision" / "transforms.py").write_text(TORCHVISION_STANDIN)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(shim)}
+    runner = work / "run_reference.py"
+    runner.write_text(REFERENCE_RUNNER.format(standin=TORCHVISION_STANDIN))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     settings = dict(resolution=64, train_batch_size=4, learning_rate=1e-4, num_class_images=48, seed=42)
 
     def reference(steps: int) -> list[str]:
         return [
-            sys.executable, str(script), "--pretrained_model_name_or_path", paths["model"],
+            sys.executable, str(runner), str(script), "--pretrained_model_name_or_path", paths["model"],
             "--instance_data_dir", paths["instance_dir"], "--class_data_dir", paths["class_dir"],
             "--instance_prompt", "an illustration, Disney style", "--class_prompt", "an illustration",
             "--with_prior_preservation", "--prior_loss_weight", "1.0", "--train_text_encoder", "--use_8bit_adam",
@@ -405,7 +419,7 @@ def run_reference(args: argparse.Namespace) -> dict[str, Any]:
             "--learning_rate", str(settings["learning_rate"]), "--lr_scheduler", "constant", "--lr_warmup_steps", "0",
             "--num_class_images", str(settings["num_class_images"]), "--max_train_steps", str(steps),
             "--checkpointing_steps", "1000000", "--center_crop", "--mixed_precision", "no", "--seed", "42",
-            "--output_dir", str(work / f"ref-{steps}"),
+            "--output_dir", tempfile.mkdtemp(prefix=f"ref-{steps}-", dir=work),
         ]
 
     def ours(steps: int, extra: Sequence[str] = ()) -> list[str]:
@@ -414,7 +428,8 @@ def run_reference(args: argparse.Namespace) -> dict[str, Any]:
             "--instance_dir", paths["instance_dir"], "--class_dir", paths["class_dir"],
             "--resolution", "64", "--train_batch_size", "4", "--learning_rate", "1e-4", "--num_class_images", "48",
             "--max_train_steps", str(steps), "--checkpointing_steps", "1000000", "--num_validation_images", "0",
-            "--mixed_precision", "no", "--report_to", "none", "--output_dir", str(work / f"ours-{steps}-{len(extra)}"),
+            "--mixed_precision", "no", "--report_to", "none",
+            "--output_dir", tempfile.mkdtemp(prefix=f"ours-{steps}-", dir=work),
             *extra,
         ]
 

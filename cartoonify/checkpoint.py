@@ -194,16 +194,18 @@ def pickle_files(folder: str | Path) -> list[Path]:
 
 
 def check_safe_to_load(folder: str | Path, allow_pickle: bool = False) -> None:
-    """Refuse a folder of weights that holds pickle files (they can run code when loaded) unless
-    ``allow_pickle``; the message names the files and the flag."""
+    """Refuse a folder of weights whose weights exist only as pickle files (loading them can run code)
+    unless ``allow_pickle``; the message names the files and the flag. Pickle files beside safetensors
+    of the same folder are harmless: only the safetensors are read."""
     if allow_pickle:
         return
-    found = pickle_files(folder)
+    folder = Path(folder)
+    found = [p for p in pickle_files(folder) if not any(p.parent.glob("*.safetensors"))]
     if found:
         names = ", ".join(str(p.relative_to(folder)) for p in found[:5]) + (" ..." if len(found) > 5 else "")
         raise CheckpointError(
-            f"{folder} holds pickle files ({names}): loading them can run arbitrary code, so only safetensors "
-            "are loaded. Convert them to safetensors, or pass allow_pickle=True if you trust their source."
+            f"{folder} holds weights only as pickle files ({names}): loading them can run arbitrary code, so only "
+            "safetensors are loaded. Convert them to safetensors, or pass allow_pickle=True if you trust their source."
         )
 
 

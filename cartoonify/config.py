@@ -122,7 +122,7 @@ class TrainConfig(ConfigBase):
     variant: Optional[str] = DEFAULT_VARIANT  # weight variant; ignored for local folders that lack it
 
     # --- data ------------------------------------------------------------------------------------
-    instance_dir: str = "data/disney"  # the ~200 style images (captions: optional <image>.txt)
+    instance_dir: str = "data/disney/images"  # the ~200 style images, as 01_collect writes them (+ captions)
     class_dir: str = "data/style_ddim"  # class images for prior preservation (topped up if short)
     instance_prompt: str = "an illustration, Disney style"  # used where an image has no caption
     class_prompt: str = "an illustration"  # the instance prompt without the style phrase
@@ -249,18 +249,29 @@ class RunConfig(ConfigBase):
 
 @dataclass
 class CollectConfig(ConfigBase):
-    """01_collect: turn a folder of collected images into the training set."""
+    """01_collect: turn collected folders and URL lists into the training set (``cartoonify.collect``)."""
 
-    raw_dir: str = "data/raw"  # the collected originals; read, never modified
-    instance_dir: str = "data/disney"  # the training set written from them
+    sources: list[str] = field(default_factory=lambda: ["data/raw"])  # folders (recursive) and URL-list .txt files
+    collect_dir: str = "data/disney"  # images/ (the training set), originals/, manifest.csv, contact_sheet.png
     photos_dir: str = "data/photos"  # photos of people to stylize (05_stylize)
-    resolution: int = 512  # side of the square training images
-    make_demo_data: bool = False  # draw the package's demo images into raw_dir first
+    resolution: int = 512  # side of the square training images (the write-up: 512)
+    fit: str = "pad"  # "pad" on the background colour (keeps whole characters) or "crop" (center crop)
+    min_size: int = 64  # smaller images are rejected ("reject") or kept and flagged ("flag")
+    small_policy: str = "reject"
+    background_min: float = 0.6  # share of the border that must be near white or near black
+    background_policy: str = "warn"  # "keep", "warn" or "reject" below background_min
+    whiten_background: bool = False  # turn a near-uniform background pure white
+    make_demo_data: bool = False  # draw the package's demo images into the first source first
     demo_images: int = 24  # how many demo images to draw
 
     def validate(self):
         if self.resolution < 8:
             raise ConfigError(f"config key 'resolution' must be >= 8, got {self.resolution}")
+        _check_choice("fit", self.fit, ("pad", "crop"))
+        _check_choice("small_policy", self.small_policy, ("reject", "flag"))
+        _check_choice("background_policy", self.background_policy, ("keep", "warn", "reject"))
+        if not self.sources:
+            raise ConfigError("config key 'sources' must name at least one folder or URL list")
         return self
 
 

@@ -309,70 +309,11 @@ class StepBatchSampler(torch.utils.data.Sampler):
             m += 1
 
 
-# ------------------------------------------------------------------------------------------------
-# simple folder import (the collect step's minimal form)
-# ------------------------------------------------------------------------------------------------
+def __getattr__(name: str):
+    """``cartoonify.data.collect``: the collect step lives in :mod:`cartoonify.collect` (imported lazily,
+    since it builds on this module)."""
+    if name in ("collect", "CollectResult"):
+        from . import collect as _collect
 
-
-@dataclass
-class ImportRecord:
-    """What :func:`import_images` did with one source file."""
-
-    source: str
-    output: str | None
-    verdict: str  # "kept", "exists" (already imported), "rejected"
-    reason: str = ""
-
-
-def import_images(src_dir: str | Path, dst_dir: str | Path, size: int = 512) -> list[ImportRecord]:
-    """Turn a folder of images into a training set: each readable image (EXIF orientation applied,
-    RGB) is resized on its shorter side and center-cropped to ``size`` x ``size`` (the write-up's 512²),
-    and written as PNG to ``dst_dir`` with its caption ``.txt``. Sources are only read.
-
-    Idempotent: an output that already exists is left as it is (``exists``); unreadable files are
-    ``rejected`` with the reason. Output names keep the source's relative path (``a/b.jpg`` ->
-    ``a__b.png``).
-    """
-    import shutil
-
-    src_dir, dst_dir = Path(src_dir), Path(dst_dir)
-    files = list_images(src_dir, "source folder")
-    dst_dir.mkdir(parents=True, exist_ok=True)
-    records = []
-    for path in files:
-        rel = path.relative_to(src_dir)
-        out = dst_dir / ("__".join(rel.with_suffix("").parts) + ".png")
-        if out.exists():
-            records.append(ImportRecord(str(path), str(out), "exists"))
-            continue
-        try:
-            img = crop_square(resize_shorter_side(open_rgb(path), size, Image.LANCZOS), size)
-        except ImageLoadError as err:
-            records.append(ImportRecord(str(path), None, "rejected", str(err.__cause__ or err)))
-            continue
-        tmp = out.with_name(f".{out.name}.tmp")
-        img.save(tmp, format="PNG")
-        tmp.replace(out)
-        caption = caption_path(path)
-        if caption.is_file() and not caption_path(out).exists():
-            shutil.copyfile(caption, caption_path(out))
-        records.append(ImportRecord(str(path), str(out), "kept"))
-    return records
-
-
-def import_summary(records: Sequence[ImportRecord]) -> str:
-    """One line of counts by verdict, e.g. ``24 files: 22 kept, 1 exists, 1 rejected``."""
-    from collections import Counter
-
-    counts = Counter(r.verdict for r in records)
-    parts = ", ".join(f"{counts[v]} {v}" for v in ("kept", "exists", "rejected") if counts[v])
-    return f"{len(records)} files: {parts or 'none'}"
-
-
-def contact_sheet(folder: str | Path, thumb: int = 96, cols: int = 8, limit: int = 200) -> Image.Image:
-    """Thumbnails of the images in ``folder`` (at most ``limit``), ``cols`` to a row."""
-    from .sample import image_grid
-
-    paths = require_images(folder, "image folder")[:limit]
-    thumbs = [crop_square(resize_shorter_side(open_rgb(p), thumb, Image.LANCZOS), thumb) for p in paths]
-    return image_grid(thumbs, cols=min(cols, len(thumbs)))
+        return getattr(_collect, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -611,6 +611,10 @@ def load_pipeline(
 
     resolved = _local_or_hub(resolve_model(name_or_path))
     kwargs.setdefault("use_safetensors", True)
+    if kwargs["use_safetensors"] and Path(resolved).is_dir():
+        from .checkpoint import check_safe_to_load
+
+        check_safe_to_load(resolved)  # a clear refusal, naming the pickle files, before diffusers' own
     kwargs.update(_dtype_kwargs("diffusers", torch_dtype or torch.float32))
     if not safety_checker:
         kwargs["safety_checker"] = None

@@ -8,6 +8,7 @@ different checkpoints or schedulers are comparable image by image.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,21 +43,33 @@ def is_pipeline_folder(path: str | Path) -> bool:
     return (Path(path) / "model_index.json").is_file()
 
 
-def load_trained_modules(checkpoint: str | Path) -> dict[str, Any]:
-    """The trained modules a checkpoint folder holds: ``unet`` and, if trained, ``text_encoder``."""
+def load_trained_modules(
+    checkpoint: str | Path, base_configs: dict[str, dict] | None = None, allow_pickle: bool = False
+) -> dict[str, Any]:
+    """The trained modules a checkpoint folder holds: ``unet`` and, if trained, ``text_encoder``.
+
+    Only safetensors are loaded: a folder with pickle weights is refused unless ``allow_pickle``. With
+    ``base_configs`` (``{"unet": config, ...}`` of the base model), a module whose architecture differs
+    is refused with both named.
+    """
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
+
+    from .checkpoint import check_architecture, check_safe_to_load
 
     checkpoint = Path(checkpoint)
     if not (checkpoint / "unet").is_dir():
         raise FileNotFoundError(f"checkpoint has no unet/ folder: {checkpoint}")
-    modules: dict[str, Any] = {
-        "unet": UNet2DConditionModel.from_pretrained(checkpoint, subfolder="unet", use_safetensors=True)
-    }
-    if (checkpoint / "text_encoder").is_dir():
-        modules["text_encoder"] = CLIPTextModel.from_pretrained(
-            checkpoint, subfolder="text_encoder", use_safetensors=True
-        )
+    check_safe_to_load(checkpoint, allow_pickle)
+    classes = {"unet": UNet2DConditionModel, "text_encoder": CLIPTextModel}
+    modules: dict[str, Any] = {}
+    for name, cls in classes.items():
+        if not (checkpoint / name).is_dir():
+            continue
+        if base_configs and name in base_configs:
+            saved = json.loads((checkpoint / name / "config.json").read_text())
+            check_architecture(saved, base_configs[name], name, str(checkpoint), "the base model")
+        modules[name] = cls.from_pretrained(checkpoint, subfolder=name, use_safetensors=None if allow_pickle else True)
     return modules
 
 
@@ -70,23 +83,31 @@ def load_finetuned(
     revision: str = DEFAULT_REVISION,
     variant: str | None = DEFAULT_VARIANT,
     safety_checker: bool = True,
+    allow_pickle: bool = False,
 ):
     """A text-to-image pipeline: the base model with a checkpoint's trained modules swapped in.
 
     ``checkpoint`` may be a training checkpoint (``checkpoints/checkpoint-<step>``, holding ``unet/`` and
     ``text_encoder/``) or a full pipeline folder saved at the end of training; ``None`` gives the base.
-    ``scheduler`` is a registry or diffusers class name.
+    ``scheduler`` is a registry or diffusers class name. Pickle weights are refused unless
+    ``allow_pickle``; a checkpoint of another architecture than the base model is refused.
     """
+    from .checkpoint import check_safe_to_load
     from .utils import resolve_device
 
     if checkpoint is not None and is_pipeline_folder(checkpoint):
-        pipe = load_pipeline(str(checkpoint), variant=None, torch_dtype=torch_dtype, safety_checker=safety_checker)
+        check_safe_to_load(checkpoint, allow_pickle)
+        pipe = load_pipeline(
+            str(checkpoint), variant=None, torch_dtype=torch_dtype, safety_checker=safety_checker,
+            use_safetensors=None if allow_pickle else True,
+        )
     else:
         pipe = load_pipeline(
             base_model, revision=revision, variant=variant, torch_dtype=torch_dtype, safety_checker=safety_checker
         )
         if checkpoint is not None:
-            for name, module in load_trained_modules(checkpoint).items():
+            base_configs = {"unet": dict(pipe.unet.config), "text_encoder": pipe.text_encoder.config.to_dict()}
+            for name, module in load_trained_modules(checkpoint, base_configs, allow_pickle).items():
                 pipe.register_modules(**{name: module.to(dtype=pipe.unet.dtype)})
     if scheduler is not None:
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler)

@@ -90,8 +90,9 @@ def notebook_run(tiny_model, tmp_path_factory):
         **load_parameters(ROOT / "configs" / "demo.yaml"),
         "run_name": "nbtest",
         "outputs_dir": str(base / "outputs"),
-        "raw_dir": str(data / "raw"),
-        "instance_dir": str(data / "instance"),
+        "sources": [str(data / "raw")],
+        "collect_dir": str(data / "collected"),
+        "instance_dir": str(data / "collected" / "images"),
         "photos_dir": str(data / "photos"),
         "class_dir": str(data / "class"),
         "pretrained_model": str(tiny_model),
@@ -132,7 +133,8 @@ def test_notebooks_run_headless_and_leave_their_files(notebook_run):
     assert [p.name for p in notebook_run["written"]] == [f"{n}.ipynb" for n in NOTEBOOKS]
     # 01_collect: imported training set and contact sheet
     assert len(list(Path(notebook_run["params"]["instance_dir"]).glob("*.png"))) == 6
-    assert "6 files: 6 kept" in _stdout(run / "notebooks" / "01_collect.ipynb")
+    assert "6 inputs -> 6 kept" in _stdout(run / "notebooks" / "01_collect.ipynb")
+    assert (Path(notebook_run["params"]["collect_dir"]) / "manifest.csv").is_file()
     # 02_train: checkpoints, validation, loss curve and validation grid shown inline as images
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
     assert _has_image_output(run / "notebooks" / "02_train.ipynb")

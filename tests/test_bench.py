@@ -1,0 +1,24 @@
+"""The benchmark runs and writes its results (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+
+def test_tiny_benchmark_runs_and_writes_results(tmp_path, cartoonify_home):
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cartoonify.bench", "tiny", "--warmup", "1", "--steps", "2", "--repeats", "1",
+         "--only", "default", "--work", str(tmp_path / "work"), "--out", str(out)],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "tiny.json").read_text())
+    row = results["training"][0]
+    assert row["variant"] == "default" and "error" not in row, row
+    assert row["steps_per_s"] > 0 and row["peak_memory_bytes"] > 0 and len(row["steps_per_s_repeats"]) == 1
+    assert results["environment"]["versions"]["torch"] and results["settings"]["train_batch_size"] == 4
+    assert "| default |" in (out / "tiny.md").read_text()
