@@ -40,6 +40,7 @@ TINY_VARIANTS: dict[str, dict[str, Any]] = {
     "gradient_checkpointing": {"gradient_checkpointing": True},
     "grads_zeroed_not_none": {"set_grads_to_none": False},
     "torch_adamw": {"use_8bit_adam": False},
+    "compile_unet": {"compile_unet": True},
 }
 SD15_VARIANTS: dict[str, dict[str, Any]] = {
     "gradient_checkpointing": {"gradient_checkpointing": True},
