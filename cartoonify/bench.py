@@ -228,13 +228,17 @@ def measure_validation(config, device, repeats: int = 3) -> dict[str, Any]:
     from .schedulers import make_scheduler
     from .sample import text_to_image
     from .train import DreamBoothTrainer
+    from .utils import move_module
 
     trainer = DreamBoothTrainer(config.replace(max_train_steps=1), progress=False)
     n, steps = config.num_validation_images or 4, config.validation_inference_steps
     seeds = list(range(n))
 
+    move_module(trainer.vae, device)  # as validate() does: the VAE may be offloaded while training
+
     def in_memory():
-        text_to_image(trainer.pipeline(), config.validation_prompt, seeds, num_inference_steps=steps)
+        text_to_image(trainer.pipeline(), config.validation_prompt, seeds, num_inference_steps=steps,
+                      autocast_dtype=trainer.weight_dtype)
 
     def reloaded():
         pipe = DiffusionPipeline.from_pretrained(
@@ -243,7 +247,8 @@ def measure_validation(config, device, repeats: int = 3) -> dict[str, Any]:
         )
         pipe.scheduler = make_scheduler(config.validation_scheduler, pipe.scheduler)
         pipe.to(device).set_progress_bar_config(disable=True)
-        text_to_image(pipe, config.validation_prompt, seeds, num_inference_steps=steps)
+        text_to_image(pipe, config.validation_prompt, seeds, num_inference_steps=steps,
+                      autocast_dtype=trainer.weight_dtype)
 
     out = {}
     for name, fn in (("in_memory", in_memory), ("reloaded_from_disk", reloaded)):

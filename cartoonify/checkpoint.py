@@ -230,14 +230,22 @@ ARCHITECTURE_KEYS = (
 
 
 def architecture(config: dict[str, Any]) -> dict[str, Any]:
-    """The keys of a model config that fix its weights' shapes."""
-    return {k: config[k] for k in ARCHITECTURE_KEYS if k in config}
+    """The keys of a model config that fix its weights' shapes (tuples as lists, as in config.json)."""
+
+    def norm(v):
+        return [norm(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+    return {k: norm(config[k]) for k in ARCHITECTURE_KEYS if k in config}
 
 
 def check_architecture(saved_config: dict[str, Any], base_config: dict[str, Any], what: str, where: str, base: str) -> None:
     """Refuse a checkpoint module whose architecture differs from the base model's, naming both."""
     a, b = architecture(saved_config), architecture(base_config)
-    diff = {k: (a.get(k), b.get(k)) for k in set(a) | set(b) if a.get(k) != b.get(k) and k != "architectures"}
+    diff = {
+        k: (a.get(k), b.get(k))
+        for k in set(a) & set(b)  # a key only one side records (e.g. _class_name in memory) is no evidence
+        if a[k] != b[k] and k != "architectures"
+    }
     if diff:
         detail = "; ".join(f"{k}: checkpoint {v[0]!r}, base {v[1]!r}" for k, v in sorted(diff.items()))
         raise CheckpointError(

@@ -75,6 +75,17 @@ RESUMABLE_CHANGES = frozenset(
         "validation_scheduler",
         "validation_inference_steps",
         "validation_guidance_scale",
+        # settings that change speed or memory, not the run's results
+        "gradient_checkpointing",
+        "set_grads_to_none",
+        "cache_latents",
+        "offload_vae",
+        "use_sdpa",
+        "channels_last",
+        "allow_tf32",
+        "compile_unet",
+        "disk_check",
+        "allow_pickle",
     }
 )
 
@@ -703,6 +714,8 @@ class DreamBoothTrainer:
         after that. A write error (a full disk) removes the temporary folder, leaves every earlier
         checkpoint as it was, and stops training with :class:`CheckpointSaveError`.
         """
+        from safetensors import SafetensorError
+
         from .checkpoint import rng_states, save_state, write_marker
 
         acc = self.accelerator
@@ -745,7 +758,7 @@ class DreamBoothTrainer:
                     shutil.rmtree(old)
                 else:
                     os.replace(tmp, final)
-        except OSError as err:
+        except (OSError, SafetensorError) as err:  # safetensors reports a full disk as SafetensorError
             if acc.is_main_process and tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
             last = list_checkpoints(self.run_dir)
@@ -877,7 +890,8 @@ class DreamBoothTrainer:
         if acc.is_main_process and c.report_to != "none":
             hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in c.to_dict().items()}
             # after a resume, TensorBoard drops the killed run's events past the checkpoint (purge_step)
-            kwargs = {"tensorboard": {"purge_step": self.global_step + 1}} if self.global_step else {}
+            resuming = c.resume_from_checkpoint is not None
+            kwargs = {"tensorboard": {"purge_step": self.global_step + 1}} if resuming else {}
             acc.init_trackers("dreambooth", config=hparams, init_kwargs=kwargs)
         main = acc.is_main_process
         log = LossLog(self.run_dir / c.logging_dir / "train_log.csv", self.global_step) if main else None
@@ -900,7 +914,7 @@ class DreamBoothTrainer:
             if c.save_final_pipeline and main:
                 result.pipeline_dir = self.save_pipeline()
             acc.wait_for_everyone()
-        except torch.OutOfMemoryError as err:
+        except torch.cuda.OutOfMemoryError as err:
             raise TrainingOutOfMemoryError(self._oom_message(err)) from err
         finally:
             bar.close()
@@ -928,22 +942,13 @@ class DreamBoothTrainer:
     def _oom_message(self, err: BaseException) -> str:
         c = self.config
         last = list_checkpoints(self.run_dir)
-        tips = []
-        if not c.gradient_checkpointing:
-            tips.append("gradient_checkpointing=True")
-        if not c.use_8bit_adam:
-            tips.append("use_8bit_adam=True")
-        if c.train_batch_size > 1:
-            tips.append(f"a smaller train_batch_size (now {c.train_batch_size}; raise gradient_accumulation_steps "
-                        "to keep the effective batch)")
-        if c.train_text_encoder:
-            tips.append("train_text_encoder=False")
-        if c.mixed_precision == "no":
-            tips.append("mixed_precision='fp16'")
         return (
-            f"CUDA ran out of memory at step {self.global_step + 1}. Settings that lower memory: "
-            + "; ".join(tips or ["a smaller resolution"])
-            + f". No checkpoint was corrupted; the last complete one is {last[-1] if last else 'none'}. ({err})"
+            f"CUDA ran out of memory after step {self.global_step}. Settings that lower memory: "
+            f"gradient_checkpointing=True (now {c.gradient_checkpointing}); use_8bit_adam=True (now "
+            f"{c.use_8bit_adam}); a smaller train_batch_size (now {c.train_batch_size}; start a new run, with "
+            f"gradient_accumulation_steps to keep the effective batch); train_text_encoder=False (now "
+            f"{c.train_text_encoder}); mixed_precision='fp16' (now {c.mixed_precision!r}). No checkpoint was "
+            f"corrupted; the last complete one is {last[-1] if last else 'none'}. ({err})"
         )
 
     def _train_loop(self, result: TrainResult, log, bar, params, data) -> None:
@@ -973,6 +978,10 @@ class DreamBoothTrainer:
                     self._fire("after_backward")
                     if acc.sync_gradients:
                         grad_norm = acc.clip_grad_norm_(params, c.max_grad_norm)
+                        if acc.scaler is None and not torch.isfinite(grad_norm):
+                            # without a grad scaler to skip it, this update would write NaN into the weights
+                            self.global_step += 1
+                            raise NonFiniteLossError(self._nonfinite_message(float(grad_norm), "gradient norm"))
                     self.optimizer.step()
                     if acc.sync_gradients and self.optimizer.step_was_skipped:
                         self.skipped_steps += 1  # the fp16 grad scaler found inf/NaN gradients
@@ -1027,10 +1036,10 @@ class DreamBoothTrainer:
             "wall_time": round(time.time(), 3),
         }
 
-    def _nonfinite_message(self, value: float) -> str:
+    def _nonfinite_message(self, value: float, what: str = "loss") -> str:
         last = list_checkpoints(self.run_dir)
         return (
-            f"loss is {value} at step {self.global_step}; training stopped. Likely causes: a learning rate too "
+            f"{what} is {value} at step {self.global_step}; training stopped. Likely causes: a learning rate too "
             f"high (learning_rate={self.config.learning_rate}), fp16 overflow (mixed_precision="
             f"{self.accelerator.mixed_precision!r}; try bf16 or fp32), or corrupt input images. "
             f"The last good checkpoint is {last[-1] if last else 'none (no checkpoint was saved yet)'}."

@@ -158,16 +158,21 @@ def test_out_of_memory_names_the_memory_settings(kill_config):
         if trainer.global_step + 1 == 3:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    with pytest.raises(TrainingOutOfMemoryError, match=r"step 3.*gradient_checkpointing=True.*train_batch_size.*train_text_encoder=False"):
+    with pytest.raises(TrainingOutOfMemoryError, match=r"after step 2.*gradient_checkpointing=True.*use_8bit_adam=True.*train_batch_size.*train_text_encoder=False"):
         DreamBoothTrainer(config, progress=False, hooks={"after_backward": oom}).run()
     assert verify_checkpoint(list_checkpoints(config.output_dir)[-1]) == []
 
 
-def test_disk_full_during_a_save_keeps_the_previous_checkpoint(kill_config):
-    config = kill_config("full", max_train_steps=5)
+@pytest.mark.parametrize("kind", ["oserror", "safetensors"])
+def test_disk_full_during_a_save_keeps_the_previous_checkpoint(kill_config, kind):
+    from safetensors import SafetensorError
+
+    config = kill_config(f"full-{kind}", max_train_steps=5)
 
     def full(trainer, path):
         if trainer.global_step == 4:
+            if kind == "safetensors":  # how safetensors reports ENOSPC
+                raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
             raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(CheckpointSaveError, match=r"checkpoint-4.*disk full.*checkpoint-2 is intact"):
@@ -219,3 +224,36 @@ def test_mismatched_checkpoint_is_refused_with_both_named(trained_run, tmp_path)
     other.save_pretrained(ckpt / "unet")
     with pytest.raises(CheckpointError, match=r"unet.*block_out_channels: checkpoint \[32, 32\], base \[32, 64\]"):
         load_finetuned(str(trained_run["config"].pretrained_model), ckpt, device="cpu")
+
+
+def test_nonfinite_gradient_is_not_applied(kill_config):
+    """fp32 has no grad scaler to skip an inf gradient: the run stops before the update reaches the weights."""
+    config = kill_config("infgrad", max_train_steps=4)
+    seen = {}
+
+    def inf_grad(trainer):
+        if trainer.global_step + 1 == 4:
+            p = next(trainer._unwrap(trainer.unet).parameters())
+            p.grad.fill_(float("inf"))
+            seen["before"] = p.detach().clone()
+
+    with pytest.raises(NonFiniteLossError, match="gradient norm is .* at step 4"):
+        trainer = DreamBoothTrainer(config, progress=False, hooks={"after_backward": inf_grad})
+        trainer.run()
+    assert [c.name for c in list_checkpoints(config.output_dir)] == ["checkpoint-2"]
+
+
+def test_resume_refuses_pickle_weights(kill_config):
+    config = kill_config("resume-pickle", max_train_steps=2)
+    DreamBoothTrainer(config, progress=False).run()
+    ckpt = Path(config.output_dir) / "checkpoints" / "checkpoint-2"
+    st = ckpt / "unet" / "diffusion_pytorch_model.safetensors"
+    from safetensors.torch import load_file
+
+    torch.save(load_file(st), ckpt / "unet" / "diffusion_pytorch_model.bin")
+    st.unlink()
+    from cartoonify.checkpoint import write_marker
+
+    write_marker(ckpt, json.loads((ckpt / "checkpoint.json").read_text()))
+    with pytest.raises(CheckpointError, match="allow_pickle"):
+        DreamBoothTrainer(config.replace(resume_from_checkpoint="latest", max_train_steps=4), progress=False)
