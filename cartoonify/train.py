@@ -48,7 +48,7 @@ from .config import (
     parse_overrides,
     train_config_from_parameters,
 )
-from .checkpoint import CheckpointError
+from .checkpoint import MARKER, CheckpointError
 from .data import ImageLoadError
 from .sample import pipeline_from_modules
 from .utils import move_module, resolve_device, run_info, write_json
@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 LOG_COLUMNS = (
     "step", "loss", "loss_instance", "loss_prior", "lr", "grad_norm", "skipped_steps", "epoch", "wall_time"
 )
-CHECKPOINT_MARKER = "checkpoint.json"  # = cartoonify.checkpoint.MARKER
+CHECKPOINT_MARKER = MARKER
 # keys that may change when a run is resumed; any other difference is refused
 RESUMABLE_CHANGES = frozenset(
     {
