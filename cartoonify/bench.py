@@ -324,9 +324,12 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
     variants = TINY_VARIANTS if args.config == "tiny" else SD15_VARIANTS
     if args.only:
         variants = {k: v for k, v in variants.items() if k in args.only}
+    # record what was run, not where: the scratch paths of this machine stay out of the results
+    settings = {**config.to_dict(), "pretrained_model": "embedded:tiny" if args.config == "tiny" else "sd15-random",
+                "instance_dir": "<work>/instance", "class_dir": "<work>/class", "output_dir": "<work>/run"}
     results: dict[str, Any] = {
         "config": args.config,
-        "settings": {"warmup": args.warmup, "steps": args.steps, "repeats": args.repeats, **config.to_dict()},
+        "settings": {"warmup": args.warmup, "steps": args.steps, "repeats": args.repeats, **settings},
         "environment": environment(),
         "training": [],
     }
