@@ -674,6 +674,8 @@ class DreamBoothTrainer:
             num_class_images=c.num_class_images,
             seed=c.seed,
             load_pixels=not self.use_latent_cache,
+            # the latent cache decodes every image before training anyway (and names a bad one)
+            check_images=not self.use_latent_cache,
         )
         self.sampler = StepBatchSampler(
             len(self.dataset),
