@@ -47,6 +47,7 @@ _EXPORTS = {
     "dreambooth_loss": "train",
     "list_checkpoints": "train",
     "read_loss_log": "train",
+    "adamw8bit": "optim",
     # sampling
     "load_finetuned": "sample",
     "text_to_image": "sample",
@@ -80,7 +81,7 @@ _EXPORTS = {
     "demo_photos": "demo_data",
 }
 
-_SUBMODULES = ("checkpoint", "config", "data", "demo_data", "evaluate", "models", "notebooks", "plots", "prior", "rating",
+_SUBMODULES = ("checkpoint", "config", "data", "demo_data", "evaluate", "models", "notebooks", "optim", "plots", "prior", "rating",
                "sample", "schedulers", "train", "utils")
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

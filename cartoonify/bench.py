@@ -41,6 +41,7 @@ TINY_VARIANTS: dict[str, dict[str, Any]] = {
     "grads_zeroed_not_none": {"set_grads_to_none": False},
     "torch_adamw": {"use_8bit_adam": False},
     "compile_unet": {"compile_unet": True},
+    "unfused_small_adam_updates": {"fuse_small_adam_updates": False},
 }
 SD15_VARIANTS: dict[str, dict[str, Any]] = {
     "gradient_checkpointing": {"gradient_checkpointing": True},
@@ -153,6 +154,70 @@ def measure_training(config, warmup: int, steps: int, repeats: int, flops: bool 
     return out
 
 
+# the regions the trainer marks with torch.profiler.record_function, in the order of a step
+PROFILE_REGIONS = (
+    "data", "latents", "text_encoder_forward", "unet_forward", "loss", "backward", "clip_grad_norm",
+    "optimizer_step", "zero_grad",
+)
+
+
+def measure_profile(config, warmup: int, steps: int, top: int = 12) -> dict[str, Any]:
+    """Where a training step's time goes: ``steps`` steps under ``torch.profiler`` after ``warmup``.
+
+    Per region of the step (the trainer's ``record_function`` marks): milliseconds per step, wall (CPU)
+    and, on CUDA, device time; what the marks do not cover is "other". Plus the ``top`` operators by self
+    time. The profiler's own overhead makes the total somewhat slower than an unprofiled step.
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    from .train import DreamBoothTrainer
+
+    stamps: list[float] = []
+    prof_ref: list = []
+
+    def on_step(trainer, row):
+        _sync(trainer.accelerator.device)
+        stamps.append(time.perf_counter())
+        prof_ref[0].step()
+
+    trainer = DreamBoothTrainer(config.replace(max_train_steps=warmup + steps), progress=False, callbacks=[on_step])
+    cuda = trainer.accelerator.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities, schedule=schedule(wait=0, warmup=warmup, active=steps, repeat=1)) as prof:
+        prof_ref.append(prof)
+        trainer.run()
+    step_ms = (stamps[-1] - stamps[warmup - 1]) / steps * 1000 if warmup else None
+    events = prof.key_averages()
+    by_name = {e.key: e for e in events}
+
+    def device_us(e) -> float:
+        return float(getattr(e, "device_time_total", 0.0) or getattr(e, "cuda_time_total", 0.0) or 0.0)
+
+    regions = []
+    for name in PROFILE_REGIONS:
+        e = by_name.get(name)
+        if e is None:
+            continue
+        row = {"region": name, "cpu_ms": e.cpu_time_total / 1000 / steps}
+        if cuda:
+            row["device_ms"] = device_us(e) / 1000 / steps
+        regions.append(row)
+    if step_ms is not None:
+        regions.append({"region": "other", "cpu_ms": max(0.0, step_ms - sum(r["cpu_ms"] for r in regions))})
+    ops = [e for e in events if e.key not in PROFILE_REGIONS and not e.key.startswith("ProfilerStep")]
+    if cuda:
+        ops.sort(key=lambda e: getattr(e, "self_device_time_total", 0.0), reverse=True)
+        top_ops = [{"op": e.key, "calls_per_step": e.count / steps,
+                    "self_device_ms": getattr(e, "self_device_time_total", 0.0) / 1000 / steps} for e in ops[:top]]
+    else:
+        ops.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+        top_ops = [{"op": e.key, "calls_per_step": e.count / steps,
+                    "self_cpu_ms": e.self_cpu_time_total / 1000 / steps} for e in ops[:top]]
+    return {"profiled_steps": steps, "step_ms": step_ms, "regions": regions, "top_ops": top_ops,
+            "device": str(trainer.accelerator.device)}
+
+
 def training_flops(trainer) -> int:
     """FLOPs of one training step (forward + backward), counted by ``torch.utils.flop_counter``."""
     import torch
@@ -200,7 +265,9 @@ def measure_mfu(trainer, steps_per_s: float) -> dict[str, Any]:
     return {"flops_per_step": flops, "peak_flops_per_s": peak, "mfu": flops * steps_per_s / peak}
 
 
-def measure_class_generation(model: str, device, n: int = 16, batch_sizes=(4, 16), steps: int = 50) -> dict[str, Any]:
+def measure_class_generation(
+    model: str, device, n: int = 16, batch_sizes=(4, 16), steps: int = 50, repeats: int = 2
+) -> dict[str, Any]:
     """Class-image generation images/s: diffusers' script (batch 4, the pipeline's defaults) vs batched."""
     import torch
 
@@ -210,15 +277,49 @@ def measure_class_generation(model: str, device, n: int = 16, batch_sizes=(4, 16
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     pipe = load_pipeline(model, torch_dtype=dtype, safety_checker=False).to(device)
     pipe.set_progress_bar_config(disable=True)
-    out = {}
+    times: dict[int, list[float]] = {bs: [] for bs in batch_sizes}
     for bs in batch_sizes:
         text_to_image(pipe, "an illustration", list(range(bs)), num_inference_steps=2, batch_size=bs)  # warm-up
-        _sync(device)
-        t0 = time.perf_counter()
-        text_to_image(pipe, "an illustration", list(range(n)), num_inference_steps=steps, batch_size=bs)
-        _sync(device)
-        out[f"batch_{bs}_images_per_s"] = n / (time.perf_counter() - t0)
-    return out
+    for _ in range(repeats):  # in turns, so a slow spell of the machine hits every batch size alike
+        for bs in batch_sizes:
+            _sync(device)
+            t0 = time.perf_counter()
+            text_to_image(pipe, "an illustration", list(range(n)), num_inference_steps=steps, batch_size=bs)
+            _sync(device)
+            times[bs].append(time.perf_counter() - t0)
+    return {f"batch_{bs}_images_per_s": n / statistics.median(ts) for bs, ts in times.items()}
+
+
+def measure_optimizer_step(config, device, steps: int = 20) -> dict[str, Any]:
+    """Milliseconds per ``optimizer.step()`` over the UNet and text encoder's parameters, with random
+    gradients: bitsandbytes' AdamW8bit vs the same with the 32-bit tensors fused (``cartoonify.optim``),
+    taking turns step by step."""
+    import torch
+
+    from .models import load_components
+    from .optim import adamw8bit
+
+    comps = load_components(config.pretrained_model, variant=config.variant)
+    params = [p for name in ("unet", "text_encoder") for p in comps[name].to(device).parameters()]
+    gen = torch.Generator(device=device).manual_seed(0)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen, device=device) * 1e-3
+    hyper = dict(lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                 weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
+    optimizers = {"adamw8bit": adamw8bit(params, fuse_small=False, **hyper),
+                  "adamw8bit_fused_small": adamw8bit(params, fuse_small=True, **hyper)}
+    times: dict[str, list[float]] = {name: [] for name in optimizers}
+    for i in range(steps + 3):
+        for name, opt in optimizers.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            opt.step()
+            _sync(device)
+            if i >= 3:  # warm-up: the first steps allocate the state
+                times[name].append(time.perf_counter() - t0)
+    small = sum(1 for p in params if p.numel() < 4096)
+    return {"tensors": len(params), "tensors_with_32bit_state": small,
+            **{f"{name}_ms": statistics.median(ts) * 1000 for name, ts in times.items()}}
 
 
 def measure_validation(config, device, repeats: int = 3) -> dict[str, Any]:
@@ -250,18 +351,18 @@ def measure_validation(config, device, repeats: int = 3) -> dict[str, Any]:
         text_to_image(pipe, config.validation_prompt, seeds, num_inference_steps=steps,
                       autocast_dtype=trainer.weight_dtype)
 
-    out = {}
-    for name, fn in (("in_memory", in_memory), ("reloaded_from_disk", reloaded)):
-        fn()
-        times = []
-        for _ in range(repeats):
+    ways = {"in_memory": in_memory, "reloaded_from_disk": reloaded}
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for fn in ways.values():
+        fn()  # warm-up
+    for _ in range(repeats):  # in turns, so a slow spell of the machine hits both alike
+        for name, fn in ways.items():
             _sync(device)
             t0 = time.perf_counter()
             fn()
             _sync(device)
-            times.append(time.perf_counter() - t0)
-        out[f"{name}_images_per_s"] = n / statistics.median(times)
-    return out
+            times[name].append(time.perf_counter() - t0)
+    return {f"{name}_images_per_s": n / statistics.median(ts) for name, ts in times.items()}
 
 
 def worker(args: argparse.Namespace) -> int:
@@ -273,6 +374,12 @@ def worker(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {"variant": args.variant, "overrides": overrides}
     if args.kind == "train":
         result.update(measure_training(config, args.warmup, args.steps, args.repeats, flops=args.flops))
+    elif args.kind == "profile":
+        result.update(measure_profile(config, args.warmup, args.steps))
+    elif args.kind == "optimizer":
+        from .utils import resolve_device
+
+        result.update(measure_optimizer_step(config, resolve_device()))
     elif args.kind == "class_generation":
         from .utils import resolve_device
 
@@ -314,6 +421,33 @@ def base_config(kind: str, paths: dict[str, str]):
     return TrainConfig(pretrained_model=paths["model"], resolution=512, mixed_precision="fp16", variant=None, **common)
 
 
+def run_variants(variants: dict[str, dict], config, args: argparse.Namespace, flops: bool = False) -> list[dict]:
+    """Each variant ``args.rounds`` times, in rounds (every variant once per round), each run in its own
+    process; so a machine that is slower for a while slows every variant alike. A variant's figure is the
+    median over all its timed repetitions; its peak memory the largest seen."""
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    for r in range(args.rounds):
+        for name, overrides in variants.items():
+            print(f"[{args.config}] training: {name} (round {r + 1}/{args.rounds}) ...", flush=True)
+            runs[name].append(_run_worker("train", name, config, overrides, args, flops=flops))
+    rows = []
+    for name, results in runs.items():
+        ok = [x for x in results if "error" not in x]
+        if not ok:
+            rows.append(results[-1])
+            continue
+        rates = [rate for x in ok for rate in x["steps_per_s_repeats"]]
+        row = {**ok[-1], "steps_per_s_repeats": rates, "steps_per_s": statistics.median(rates),
+               "peak_memory_bytes": max(x["peak_memory_bytes"] for x in ok)}
+        row["images_per_s"] = row["steps_per_s"] * ok[-1]["images_per_s"] / ok[-1]["steps_per_s"]
+        if "mfu" in row:
+            row["mfu"] = row["flops_per_step"] * row["steps_per_s"] / max(x["peak_flops_per_s"] for x in ok)
+        if len(ok) < len(results):
+            row["failed_rounds"] = [x["error"] for x in results if "error" in x]
+        rows.append(row)
+    return rows
+
+
 def run_suite(args: argparse.Namespace) -> dict[str, Any]:
     """All variants of ``args.config`` ("tiny" or "sd15"), each in its own process."""
     work = Path(args.work or tempfile.mkdtemp(prefix="cartoonify-bench-"))
@@ -329,16 +463,20 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
                 "instance_dir": "<work>/instance", "class_dir": "<work>/class", "output_dir": "<work>/run"}
     results: dict[str, Any] = {
         "config": args.config,
-        "settings": {"warmup": args.warmup, "steps": args.steps, "repeats": args.repeats, **settings},
+        "settings": {"warmup": args.warmup, "steps": args.steps, "repeats": args.repeats, "rounds": args.rounds,
+                     **settings},
         "environment": environment(),
         "training": [],
     }
-    for name, overrides in variants.items():
-        print(f"[{args.config}] training: {name} ...", flush=True)
-        results["training"].append(_run_worker("train", name, config, overrides, args, flops=args.config == "sd15"))
+    results["training"] = run_variants(variants, config, args, flops=args.config == "sd15")
+    if args.profile:
+        print(f"[{args.config}] profile of the default ...", flush=True)
+        results["profile"] = _run_worker("profile", "default", config, {}, args)
     if not args.only:
         print(f"[{args.config}] class-image generation ...", flush=True)
         results["class_generation"] = _run_worker("class_generation", "batched", config, {}, args)
+        print(f"[{args.config}] optimizer step ...", flush=True)
+        results["optimizer_step"] = _run_worker("optimizer", "optimizer", config, {}, args)
         print(f"[{args.config}] validation ...", flush=True)
         results["validation"] = _run_worker("validation", "validation", config.replace(num_validation_images=4), {}, args)
     return results
@@ -444,24 +582,27 @@ def run_reference(args: argparse.Namespace) -> dict[str, Any]:
 
     lo, hi = args.ref_steps
     out: dict[str, Any] = {"config": "reference", "settings": {**settings, "steps": [lo, hi]}, "environment": environment()}
-    rows = {}
-    for name, make in (
-        ("reference", reference),
-        ("cartoonify", ours),
-        ("cartoonify_no_cache_latents", lambda s: ours(s, ["--cache_latents", "false"])),
-    ):
-        times = []
-        for rep in range(args.repeats):
+    trainers = {
+        "reference": reference,
+        "cartoonify": ours,
+        "cartoonify_no_cache_latents": lambda s: ours(s, ["--cache_latents", "false"]),
+    }
+    times: dict[str, list[tuple[int, float]]] = {name: [] for name in trainers}
+    for rep in range(args.repeats):  # in rounds, so a slow spell of the machine hits every trainer alike
+        for name, make in trainers.items():
             for steps in (lo, hi):
-                print(f"[reference] {name}: {steps} steps (repeat {rep + 1})", flush=True)
-                times.append((steps, _timed(make(steps), env)))
-        rates = [
-            (hi - lo) / (t_hi - t_lo)
-            for (s_lo, t_lo), (s_hi, t_hi) in zip(times[0::2], times[1::2])
-        ]
-        rows[name] = {"steps_per_s": statistics.median(rates), "steps_per_s_repeats": rates, "wall_s": times}
+                print(f"[reference] {name}: {steps} steps (round {rep + 1}/{args.repeats})", flush=True)
+                times[name].append((steps, _timed(make(steps), env)))
+    rows = {}
+    for name, wall in times.items():
+        rates = [(hi - lo) / (t_hi - t_lo) for (_, t_lo), (_, t_hi) in zip(wall[0::2], wall[1::2])]
+        rows[name] = {"steps_per_s": statistics.median(rates), "steps_per_s_repeats": rates, "wall_s": wall}
     out["results"] = rows
     out["speedup"] = rows["cartoonify"]["steps_per_s"] / rows["reference"]["steps_per_s"]
+    # paired within each round, so the machine's speed in that round cancels
+    out["speedup_per_round"] = [
+        a / b for a, b in zip(rows["cartoonify"]["steps_per_s_repeats"], rows["reference"]["steps_per_s_repeats"])
+    ]
     return out
 
 
@@ -485,7 +626,11 @@ def markdown(results: dict[str, Any]) -> str:
         for name, row in results["results"].items():
             reps = ", ".join(f"{r:.2f}" for r in row["steps_per_s_repeats"])
             lines.append(f"| {name} | {row['steps_per_s']:.2f} | {reps} |")
-        lines += ["", f"Speed-up of cartoonify over diffusers' script: **{results['speedup']:.2f}x**."]
+        per_round = ", ".join(f"{r:.2f}" for r in results.get("speedup_per_round", []))
+        lines += ["", f"Speed-up of cartoonify over diffusers' script: **{results['speedup']:.2f}x** "
+                  f"(per round: {per_round})."]
+        lines += ["", f"Steps/s from the wall-time difference of {results['settings']['steps'][1]}- and "
+                  f"{results['settings']['steps'][0]}-step runs; the trainers take turns, one round per repeat."]
         return "\n".join(lines) + "\n"
     lines += ["| variant | steps/s | images/s | peak memory | MFU |", "| --- | --- | --- | --- | --- |"]
     for row in results["training"]:
@@ -502,14 +647,34 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", "Class-image generation (50 steps): " + ", ".join(
             f"{k.replace('_images_per_s', '').replace('_', ' ')}: {v:.2f} images/s" for k, v in cg.items()
             if k.endswith("images_per_s"))]
+    if "optimizer_step" in results and "adamw8bit_ms" in results["optimizer_step"]:
+        op = results["optimizer_step"]
+        lines += ["", f"Optimizer step over {op['tensors']} tensors ({op['tensors_with_32bit_state']} with 32-bit "
+                  f"state): AdamW8bit {op['adamw8bit_ms']:.1f} ms, with the 32-bit tensors fused "
+                  f"{op['adamw8bit_fused_small_ms']:.1f} ms"]
     if "validation" in results:
         va = results["validation"]
         lines += ["", "Validation sampling: " + ", ".join(
             f"{k.replace('_images_per_s', '').replace('_', ' ')}: {v:.2f} images/s" for k, v in va.items()
             if k.endswith("images_per_s"))]
     s = results["settings"]
-    lines += ["", f"Median of {s['repeats']} repetitions of {s['steps']} steps after {s['warmup']} warm-up steps; "
-              "each variant in its own process."]
+    rounds = s.get("rounds", 1)
+    lines += ["", f"Median of {rounds * s['repeats']} timed runs of {s['steps']} steps, each after {s['warmup']} "
+              f"warm-up steps; every variant in its own process, {rounds} round(s) of all variants in turn."]
+    prof = results.get("profile")
+    if prof and "regions" in prof:
+        device = "device_ms" in prof["regions"][0]
+        lines += ["", f"Where a step of the default goes (torch.profiler over {prof['profiled_steps']} steps, "
+                  f"{prof['step_ms']:.0f} ms per profiled step):", ""]
+        lines += ["| region | ms/step | share |" + (" device ms/step |" if device else ""),
+                  "| --- | --- | --- |" + (" --- |" if device else "")]
+        for r in prof["regions"]:
+            share = f"{r['cpu_ms'] / prof['step_ms'] * 100:.0f}%" if prof["step_ms"] else ""
+            extra = f" {r['device_ms']:.1f} |" if device and "device_ms" in r else (" |" if device else "")
+            lines.append(f"| {r['region']} | {r['cpu_ms']:.1f} | {share} |" + extra)
+        key = "self_device_ms" if device else "self_cpu_ms"
+        lines += ["", "Top operators by self time:", "", "| operator | calls/step | ms/step |", "| --- | --- | --- |"]
+        lines += [f"| `{o['op']}` | {o['calls_per_step']:.0f} | {o[key]:.1f} |" for o in prof["top_ops"]]
     return "\n".join(lines) + "\n"
 
 
@@ -529,7 +694,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--work", help="scratch folder for the model and data (default: a temporary one)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1, help="timed repetitions per process")
+    parser.add_argument("--rounds", type=int, default=3, help="processes per variant, run in rounds")
+    parser.add_argument("--profile", action="store_true", help="also profile the default (torch.profiler)")
     parser.add_argument("--only", nargs="+", help="only these training variants")
     parser.add_argument("--diffusers", help="a diffusers checkout (reference)")
     parser.add_argument("--ref-steps", type=int, nargs=2, default=[10, 60], metavar=("LO", "HI"))

@@ -154,6 +154,7 @@ class TrainConfig(ConfigBase):
 
     # --- optimizer -------------------------------------------------------------------------------
     use_8bit_adam: bool = True
+    fuse_small_adam_updates: bool = True  # 8-bit Adam: the tensors it keeps in 32-bit updated in one fused call
     learning_rate: float = 1e-6
     lr_scheduler: str = "constant"
     lr_warmup_steps: int = 0

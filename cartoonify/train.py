@@ -38,6 +38,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from .config import (
     ConfigError,
@@ -247,20 +248,24 @@ def training_step(
 
     Draws, in this order and all from ``generator``: the latent sample, the noise, the timesteps.
     """
-    latents = sample_latents(batch, vae, generator)
-    noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-    timesteps = torch.randint(
-        0,
-        noise_scheduler.config.num_train_timesteps,
-        (latents.shape[0],),
-        generator=generator,
-        device=latents.device,
-    ).long()
-    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    encoder_hidden_states = text_encoder(batch["input_ids"].to(latents.device), return_dict=False)[0]
-    model_pred = unet(noisy, timesteps, encoder_hidden_states, return_dict=False)[0]
-    target = noise_target(noise_scheduler, latents, noise, timesteps)
-    return dreambooth_loss(model_pred, target, with_prior_preservation, prior_loss_weight)
+    with record_function("latents"):
+        latents = sample_latents(batch, vae, generator)
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        timesteps = torch.randint(
+            0,
+            noise_scheduler.config.num_train_timesteps,
+            (latents.shape[0],),
+            generator=generator,
+            device=latents.device,
+        ).long()
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    with record_function("text_encoder_forward"):
+        encoder_hidden_states = text_encoder(batch["input_ids"].to(latents.device), return_dict=False)[0]
+    with record_function("unet_forward"):
+        model_pred = unet(noisy, timesteps, encoder_hidden_states, return_dict=False)[0]
+    with record_function("loss"):
+        target = noise_target(noise_scheduler, latents, noise, timesteps)
+        return dreambooth_loss(model_pred, target, with_prior_preservation, prior_loss_weight)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -270,7 +275,8 @@ def training_step(
 
 def build_optimizer(params, config: TrainConfig, device: torch.device | str = "cpu") -> torch.optim.Optimizer:
     """bitsandbytes' AdamW8bit when ``use_8bit_adam``, else torch AdamW; the write-up's betas, weight decay
-    and epsilon.
+    and epsilon. With ``fuse_small_adam_updates`` the tensors bitsandbytes keeps in 32-bit are updated in
+    one fused call (:mod:`cartoonify.optim`; same arithmetic, same state layout).
 
     bitsandbytes is tried with one step on a probe tensor on ``device`` first: its native library often
     imports fine and only fails at the first step. If it fails, training falls back to torch AdamW with
@@ -285,12 +291,14 @@ def build_optimizer(params, config: TrainConfig, device: torch.device | str = "c
     params = list(params)
     if config.use_8bit_adam:
         try:
-            import bitsandbytes as bnb
+            from .optim import adamw8bit
 
-            probe = torch.nn.Parameter(torch.zeros(4096, device=device))
-            probe.grad = torch.ones_like(probe)
-            bnb.optim.AdamW8bit([probe], **kwargs).step()
-            return bnb.optim.AdamW8bit(params, **kwargs)
+            # 4096 elements: 8-bit state; 16: 32-bit state (the fused path)
+            probes = [torch.nn.Parameter(torch.zeros(n, device=device)) for n in (4096, 16)]
+            for probe in probes:
+                probe.grad = torch.ones_like(probe)
+            adamw8bit(probes, fuse_small=config.fuse_small_adam_updates, **kwargs).step()
+            return adamw8bit(params, fuse_small=config.fuse_small_adam_updates, **kwargs)
         except Exception as err:  # ImportError, or a native library that fails to load or run
             warnings.warn(
                 f"use_8bit_adam=True but bitsandbytes' AdamW8bit does not work here ({type(err).__name__}: "
@@ -961,9 +969,10 @@ class DreamBoothTrainer:
             losses = []
             grad_norm = None
             while True:  # micro-batches of one optimizer step
-                batch = next(data)
-                if self.latent_cache is not None:
-                    batch.update(self.latent_cache.lookup(batch))
+                with record_function("data"):
+                    batch = next(data)
+                    if self.latent_cache is not None:
+                        batch.update(self.latent_cache.lookup(batch))
                 with acc.accumulate(*self.trained):
                     loss, inst, prior = training_step(
                         self.unet,
@@ -976,19 +985,23 @@ class DreamBoothTrainer:
                         prior_loss_weight=c.prior_loss_weight,
                     )
                     loss = self._fire("loss", loss) if "loss" in self.hooks else loss
-                    acc.backward(loss)
+                    with record_function("backward"):
+                        acc.backward(loss)
                     self._fire("after_backward")
                     if acc.sync_gradients:
-                        grad_norm = acc.clip_grad_norm_(params, c.max_grad_norm)
+                        with record_function("clip_grad_norm"):
+                            grad_norm = acc.clip_grad_norm_(params, c.max_grad_norm)
                         if acc.scaler is None and not torch.isfinite(grad_norm):
                             # without a grad scaler to skip it, this update would write NaN into the weights
                             self.global_step += 1
                             raise NonFiniteLossError(self._nonfinite_message(float(grad_norm), "gradient norm"))
-                    self.optimizer.step()
+                    with record_function("optimizer_step"):
+                        self.optimizer.step()
                     if acc.sync_gradients and self.optimizer.step_was_skipped:
                         self.skipped_steps += 1  # the fp16 grad scaler found inf/NaN gradients
                     self.lr_scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=c.set_grads_to_none)
+                    with record_function("zero_grad"):
+                        self.optimizer.zero_grad(set_to_none=c.set_grads_to_none)
                 self.micro_step += 1
                 losses.append((loss.detach(), inst.detach(), None if prior is None else prior.detach()))
                 if acc.sync_gradients:

@@ -99,7 +99,7 @@ def test_optimizer_is_8bit_and_lr_constant(trained_run):
 
     tr = trained_run["trainer"]
     assert isinstance(tr.optimizer.optimizer, bnb.optim.AdamW8bit)
-    assert trained_run["result"].optimizer.endswith("AdamW8bit")
+    assert trained_run["result"].optimizer.endswith("AdamW8bitFusedSmall")  # the default fuse_small_adam_updates
     big = [p for g in tr.optimizer.optimizer.param_groups for p in g["params"] if p.numel() >= 4096]
     state = tr.optimizer.optimizer.state[big[0]]
     assert state["state1"].dtype == torch.uint8  # 8-bit moments

@@ -1,0 +1,99 @@
+"""The optimizer: bitsandbytes' 8-bit AdamW, with its 32-bit tensors updated in one fused call.
+
+bitsandbytes keeps the Adam state of every tensor smaller than ``min_8bit_size`` (4,096 elements) in
+32-bit, and updates each with its own call: in SD1.5 that is most of the biases and norms, and on a CPU
+each call costs more than the arithmetic it does. :class:`AdamW8bitFusedSmall` hands those tensors to
+``torch.optim.adamw.adamw(fused=True)`` in one call per parameter group instead. The arithmetic is
+AdamW's in both (decoupled weight decay, bias-corrected moments), so the result equals AdamW8bit's to
+float rounding, and the state (``state1``, ``state2``, ``step`` per tensor) keeps bitsandbytes'
+layout: a checkpoint of either optimizer loads into the other.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Iterable
+
+import torch
+from torch.optim.adamw import adamw as _adamw
+
+
+def adamw8bit(params: Iterable, fuse_small: bool = True, **kwargs: Any) -> torch.optim.Optimizer:
+    """bitsandbytes' AdamW8bit (``fuse_small=False``) or :class:`AdamW8bitFusedSmall` over ``params``.
+
+    ``kwargs`` are AdamW8bit's (lr, betas, eps, weight_decay, ...). Raises ImportError without
+    bitsandbytes.
+    """
+    import bitsandbytes as bnb
+
+    cls = fused_small_class() if fuse_small else bnb.optim.AdamW8bit
+    return cls(params, **kwargs)
+
+
+@functools.cache
+def fused_small_class() -> type:
+    """The :class:`AdamW8bitFusedSmall` class (built on first use, so importing this module does not
+    import bitsandbytes)."""
+    import bitsandbytes as bnb
+
+    class AdamW8bitFusedSmall(bnb.optim.AdamW8bit):
+        """AdamW8bit whose 32-bit-state tensors are updated together by torch's fused AdamW.
+
+        Tensors with 8-bit state, and any tensor whose settings torch's AdamW has no equivalent for
+        (``max_unorm``, ``skip_zeros``, a non-fp32 parameter), go through bitsandbytes as before.
+        """
+
+        def step(self, closure=None):
+            self._deferred: dict[tuple, list[torch.Tensor]] = {}
+            loss = super().step(closure)  # calls update_step per tensor; the 32-bit ones are deferred
+            self._step_deferred()
+            return loss
+
+        @torch.no_grad()
+        def update_step(self, group, p, gindex, pindex):
+            state = self.state[p]
+            config = self.get_config(gindex, pindex, group)
+            if (
+                state["state1"].dtype != torch.float32
+                or p.dtype != torch.float32
+                or config["max_unorm"] > 0.0
+                or config["skip_zeros"]
+                or len(config["betas"]) != 2
+            ):
+                return super().update_step(group, p, gindex, pindex)
+            state["step"] += 1  # as bitsandbytes counts it
+            key = (
+                state["step"],
+                p.device,
+                float(config["lr"]),
+                tuple(float(b) for b in config["betas"]),
+                float(config["eps"]),
+                float(config["weight_decay"]),
+            )
+            self._deferred.setdefault(key, []).append(p)
+
+        @torch.no_grad()
+        def _step_deferred(self) -> None:
+            for (step, device, lr, (beta1, beta2), eps, weight_decay), params in self._deferred.items():
+                states = [self.state[p] for p in params]
+                # the fused kernel adds 1 to each step tensor before it uses it
+                steps = [torch.tensor(float(step - 1), device=device) for _ in params]
+                _adamw(
+                    params,
+                    [p.grad for p in params],
+                    [s["state1"] for s in states],
+                    [s["state2"] for s in states],
+                    [],
+                    steps,
+                    fused=True,
+                    amsgrad=False,
+                    beta1=beta1,
+                    beta2=beta2,
+                    lr=lr,
+                    weight_decay=weight_decay,
+                    eps=eps,
+                    maximize=False,
+                )
+            self._deferred = {}
+
+    return AdamW8bitFusedSmall
