@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def test_tiny_benchmark_runs_and_writes_results(tmp_path, cartoonify_home):
     out = tmp_path / "results"
@@ -20,6 +22,7 @@ def test_tiny_benchmark_runs_and_writes_results(tmp_path, cartoonify_home):
     row = results["training"][0]
     assert row["variant"] == "default" and "error" not in row, row
     assert row["steps_per_s"] > 0 and row["peak_memory_bytes"] > 0 and len(row["steps_per_s_repeats"]) == 1
+    assert len(row["step_seconds"]) == 2 and row["steps_per_s"] == pytest.approx(2 / sum(row["step_seconds"]))
     assert results["environment"]["versions"]["torch"] and results["settings"]["train_batch_size"] == 4
     md = (out / "tiny.md").read_text()
     assert "| default |" in md
