@@ -52,11 +52,11 @@ def fused_small_class() -> type:
         @torch.no_grad()
         def update_step(self, group, p, gindex, pindex):
             state = self.state[p]
+            if state["state1"].dtype != torch.float32 or p.dtype != torch.float32:
+                return super().update_step(group, p, gindex, pindex)  # 8-bit state: bitsandbytes' own path
             config = self.get_config(gindex, pindex, group)
             if (
-                state["state1"].dtype != torch.float32
-                or p.dtype != torch.float32
-                or config["max_unorm"] > 0.0
+                config["max_unorm"] > 0.0
                 or config["skip_zeros"]
                 or len(config["betas"]) != 2
             ):
