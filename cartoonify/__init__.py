@@ -1,14 +1,17 @@
 """Cartoonify: teach Stable Diffusion v1.5 a cartoon style with DreamBooth, judge the checkpoints, and
 turn photos of people into that style.
 
-The public API is flat; submodules are imported on first use so that ``import cartoonify`` stays light.
+The public API is flat (``cartoonify.run_training(config)``); each name is imported from its module on
+first use, so that ``import cartoonify`` stays light. ``import cartoonify.<module>`` always gives that
+module. The layers, each importing only those before it::
+
+    config -> utils -> runs -> imaging -> models -> data -> training
+           -> rating -> sampling -> comparison, stylize -> plots -> notebooks
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -23,39 +26,47 @@ _EXPORTS = {
     "StylizeConfig": "config",
     "ConfigError": "config",
     "load_parameters": "config",
+    "SCHEDULERS": "config",
+    "scheduler_label": "config",
+    "DEFAULT_MODEL": "config",
+    "TINY_MODEL": "config",
+    # run folders
+    "RunLayout": "runs",
+    "list_checkpoints": "runs",
+    "load_config": "runs",
+    # imaging
+    "image_grid": "imaging",
+    "open_rgb": "imaging",
     # models
-    "DEFAULT_MODEL": "models",
-    "TINY_MODEL": "models",
     "build_tiny": "models",
     "build_sd15": "models",
     "load_pipeline": "models",
     "load_components": "models",
     "resolve_model": "models",
+    "make_scheduler": "models",
+    "text_to_image": "models",
+    "image_to_image": "models",
     # data
-    "DreamBoothDataset": "data",
-    "list_images": "data",
-    "read_caption": "data",
-    "load_training_image": "data",
-    "collect": "collect",
-    # prior
-    "generate_class_images": "prior",
-    "ensure_class_images": "prior",
-    # train
-    "train": "train",
-    "DreamBoothTrainer": "train",
-    "TrainResult": "train",
-    "dreambooth_loss": "train",
-    "list_checkpoints": "train",
-    "read_loss_log": "train",
-    "adamw8bit": "optim",
-    # sampling
-    "load_finetuned": "sample",
-    "text_to_image": "sample",
-    "image_to_image": "sample",
-    "image_grid": "sample",
-    "SCHEDULERS": "schedulers",
-    "make_scheduler": "schedulers",
-    "scheduler_label": "schedulers",
+    "DreamBoothDataset": "data.dataset",
+    "list_images": "data.folders",
+    "read_caption": "data.folders",
+    "load_training_image": "data.dataset",
+    "collect_dataset": "data.collect",
+    "CollectResult": "data.collect",
+    "generate_class_images": "data.prior",
+    "ensure_class_images": "data.prior",
+    "make_demo_dataset": "data.demo",
+    "make_style_images": "data.demo",
+    "demo_photos": "data.demo",
+    # training
+    "run_training": "training.run",
+    "build_trainer": "training.run",
+    "DreamBoothTrainer": "training.trainer",
+    "TrainResult": "training.trainer",
+    "TrainerCallback": "training.callbacks",
+    "dreambooth_loss": "training.objective",
+    "read_loss_log": "training.logs",
+    "adamw8bit": "training.optim",
     # rating
     "RatingStore": "rating",
     "RatingWidget": "rating",
@@ -67,48 +78,32 @@ _EXPORTS = {
     "summary_message": "rating",
     "best_group": "rating",
     "write_summary_csv": "rating",
-    # evaluate
-    "resolve_checkpoint": "evaluate",
-    "load_run_pipeline": "evaluate",
-    "compare_schedulers": "evaluate",
-    "stylize_photos": "evaluate",
+    # sampling, comparison, stylize
+    "load_finetuned": "sampling",
+    "choose_checkpoint": "sampling",
+    "load_run_pipeline": "sampling",
+    "compare_schedulers": "comparison",
+    "timing_html": "comparison",
+    "stylize_photos": "stylize",
     # notebooks
     "enter_project_root": "notebooks",
     "run_notebooks": "notebooks",
-    # demo data
-    "make_demo_dataset": "demo_data",
-    "make_style_images": "demo_data",
-    "demo_photos": "demo_data",
 }
-
-_SUBMODULES = ("checkpoint", "config", "data", "demo_data", "evaluate", "models", "notebooks", "optim", "plots", "prior", "rating",
-               "sample", "schedulers", "train", "utils")
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
-        value = getattr(module, name)
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value
         return value
-    if name in _SUBMODULES:  # cartoonify.plots etc. without an explicit import
+    try:  # cartoonify.plots etc. without an explicit import
         return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module 'cartoonify' has no attribute {name!r}")
-
-
-class _Package(types.ModuleType):
-    """Keeps ``cartoonify.train`` the function: importing the submodule of the same name would otherwise
-    rebind the package attribute to the module (the submodule stays in ``sys.modules``)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+    except ModuleNotFoundError as err:
+        if err.name != f"{__name__}.{name}":
+            raise
+        raise AttributeError(f"module 'cartoonify' has no attribute {name!r}") from None
 
 
 def __dir__() -> list[str]:

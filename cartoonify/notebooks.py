@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import RunConfig, load_mapping, load_parameters, parameter_types, parse_overrides
+from .runs import RunLayout
 
 NOTEBOOKS = ("01_collect", "02_train", "03_evaluate", "04_compare_schedulers", "05_stylize")
 
@@ -78,8 +79,7 @@ def run_notebooks(
     params = load_parameters({**data, **(overrides or {})})
     root = project_root()
     run_dir = RunConfig.from_parameters(params).run_dir
-    out_dir = (root / run_dir) if not run_dir.is_absolute() else run_dir
-    out_dir = out_dir / "notebooks"
+    out_dir = RunLayout((root / run_dir) if not run_dir.is_absolute() else run_dir).notebooks
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name in names:

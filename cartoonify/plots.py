@@ -6,13 +6,16 @@ Each function returns a matplotlib ``Figure`` (displayed inline by notebooks) an
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
+
+from .rating import best_group
+from .runs import checkpoint_step, layout_of, list_checkpoints, read_images_json
+from .training.logs import read_loss_log
 
 
 def _plt():
@@ -45,10 +48,7 @@ def moving_average(values: Sequence[float], window: int) -> np.ndarray:
 
 def plot_loss(ax, run_dir: str | Path, window: int | None = None) -> None:
     """Loss per step (light) and its moving average on ``ax``; checkpoint steps as dotted lines."""
-    from .train import checkpoint_step, list_checkpoints, read_loss_log
-
-    cfg = json.loads((Path(run_dir) / "config.json").read_text())
-    rows = read_loss_log(Path(run_dir) / cfg.get("logging_dir", "logs") / "train_log.csv")
+    rows = read_loss_log(layout_of(run_dir).train_log)
     steps = [r["step"] for r in rows]
     loss = [r["loss"] for r in rows]
     window = window or max(1, len(rows) // 20)
@@ -74,21 +74,14 @@ def loss_figure(run_dir: str | Path, window: int | None = None):
     return fig
 
 
-def validation_steps(run_dir: str | Path) -> list[int]:
-    """Steps that have validation images, ascending."""
-    root = Path(run_dir) / "validation"
-    steps = [int(p.name.split("-")[1]) for p in root.glob("step-*") if (p / "images.json").is_file()]
-    return sorted(steps)
-
-
 def validation_figure(run_dir: str | Path, steps: Sequence[int] | None = None, size: float = 1.8):
     """Every checkpoint's validation images: one row per step; flagged (NSFW) images are marked."""
     plt = _plt()
-    run_dir = Path(run_dir)
-    steps = list(steps) if steps is not None else validation_steps(run_dir)
+    layout = layout_of(run_dir)
+    steps = list(steps) if steps is not None else layout.validation_steps()
     if not steps:
         raise FileNotFoundError(f"{run_dir} has no validation images yet")
-    metas = [json.loads((run_dir / "validation" / f"step-{s}" / "images.json").read_text()) for s in steps]
+    metas = [read_images_json(layout.validation_dir(s)) for s in steps]
     cols = max(len(m["images"]) for m in metas)
     fig, axes = plt.subplots(len(steps), cols, figsize=(size * cols, size * len(steps)), squeeze=False)
     for r, (step, meta) in enumerate(zip(steps, metas)):
@@ -100,7 +93,7 @@ def validation_figure(run_dir: str | Path, steps: Sequence[int] | None = None, s
                 ax.axis("off")
                 continue
             rec = meta["images"][c]
-            ax.imshow(Image.open(run_dir / "validation" / f"step-{step}" / rec["file"]))
+            ax.imshow(Image.open(layout.validation_dir(step) / rec["file"]))
             if rec.get("nsfw"):
                 ax.set_title("flagged: excluded", fontsize="small", color="red")
             elif r == 0:
@@ -114,8 +107,6 @@ def validation_figure(run_dir: str | Path, steps: Sequence[int] | None = None, s
 
 def plot_ratings(ax, summaries, group_label: str = "step") -> None:
     """Mean rating per group with its 95% bootstrap interval; the best group highlighted."""
-    from .rating import best_group
-
     rated = [s for s in summaries if s.n > 0]
     ax.set_xlabel(group_label)
     ax.set_ylabel("rating (1-10)")
@@ -146,11 +137,11 @@ def rating_figure(run_dir: str | Path, summaries):
 
 def scheduler_grid_figure(out_dir: str | Path, timings, size: float = 1.6):
     """Rows: schedulers; columns: prompt x seed, from the same initial noise per seed."""
-    from .evaluate import comparison_images
+    from .comparison import comparison_images
 
     plt = _plt()
     rows = comparison_images(out_dir, [t.scheduler for t in timings])
-    meta = json.loads((Path(out_dir) / timings[0].scheduler / "images.json").read_text())["images"]
+    meta = read_images_json(Path(out_dir) / timings[0].scheduler)["images"]
     cols = len(rows[0])
     fig, axes = plt.subplots(len(rows), cols, figsize=(size * cols, size * len(rows)), squeeze=False)
     for r, (t, images) in enumerate(zip(timings, rows)):
@@ -188,9 +179,11 @@ def scheduler_bar_figure(timings):
 
 def stylize_figure(out_dir: str | Path, photo_stem: str, strengths: Sequence[float], size: float = 2.2):
     """Before/after: the photo, then its stylized versions by strength."""
+    from .stylize import INPUT_FILE, strength_file
+
     plt = _plt()
     folder = Path(out_dir) / photo_stem
-    images = [Image.open(folder / "input.png")] + [Image.open(folder / f"strength-{s:.2f}.png") for s in strengths]
+    images = [Image.open(folder / INPUT_FILE)] + [Image.open(folder / strength_file(s)) for s in strengths]
     titles = ["photo"] + [f"strength {s:g}" for s in strengths]
     fig, axes = plt.subplots(1, len(images), figsize=(size * len(images), size + 0.4), squeeze=False)
     for ax, img, title in zip(axes[0], images, titles):

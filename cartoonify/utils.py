@@ -1,14 +1,14 @@
-"""Small helpers shared by the stages: atomic writes, run metadata, devices."""
+"""Small helpers shared by the stages: atomic writes, checksums, run metadata (no torch import at load)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import subprocess
 import sys
 import tempfile
-import warnings
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -55,6 +55,15 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def write_json(path: str | Path, data: Any) -> Path:
     """Atomically write ``data`` as indented JSON."""
     return atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """The sha256 hex digest of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def git_commit(start: str | Path | None = None) -> dict[str, Any]:
@@ -116,44 +125,3 @@ def run_info(extra: dict[str, Any] | None = None) -> dict[str, Any]:
         "argv": sys.argv,
         **(extra or {}),
     }
-
-
-def resolve_device(device: str | None = None) -> "torch.device":  # noqa: F821
-    """``device`` if given, else CUDA when available, else CPU."""
-    import torch
-
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_dtype(precision: str, device: "torch.device", what: str = "precision") -> "torch.dtype":  # noqa: F821
-    """Map "fp16"/"bf16"/"fp32"/"no" to a dtype usable on ``device``; fp16 on CPU falls back to fp32 with a warning."""
-    import torch
-
-    if precision in ("no", "fp32"):  # "no": no reduced precision
-        return torch.float32
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        if device.type == "cpu":
-            warnings.warn(
-                f"{what}='fp16' is not usable on CPU; using fp32 instead", RuntimeWarning, stacklevel=2
-            )
-            return torch.float32
-        return torch.float16
-    raise ValueError(f"unknown {what} {precision!r}; expected one of no, fp32, fp16, bf16")
-
-
-def move_module(module, device=None, dtype=None):
-    """``module.to(device, dtype)``, skipping what already holds (diffusers warns on every dtype cast)."""
-    import torch
-
-    p = next(module.parameters(), None)
-    if p is None:
-        return module
-    if device is not None and p.device != torch.device(device):
-        module.to(device)
-    if dtype is not None and p.dtype != dtype:
-        module.to(dtype=dtype)
-    return module

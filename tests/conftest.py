@@ -33,7 +33,7 @@ def tiny_model(cartoonify_home) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> dict:
-    from cartoonify.demo_data import make_demo_dataset
+    from cartoonify.data.demo import make_demo_dataset
 
     return make_demo_dataset(tmp_path_factory.mktemp("demo_data"), size=64, n=8, seed=0)
 
@@ -78,7 +78,7 @@ def small_config(tiny_model, demo_data, class_dir, tmp_path):
 @pytest.fixture(scope="session")
 def trained_run(tiny_model, demo_data, class_dir, tmp_path_factory):
     """One short training run (4 steps, checkpoints at 2 and 4) shared by the read-only tests."""
-    from cartoonify.train import DreamBoothTrainer
+    from cartoonify.training.run import build_trainer
 
     out = tmp_path_factory.mktemp("trained") / "run"
     config = _small_run(tiny_model, demo_data, class_dir, out, report_to="tensorboard")
@@ -86,16 +86,16 @@ def trained_run(tiny_model, demo_data, class_dir, tmp_path_factory):
 
     def snapshot(trainer, row):
         snapshots[trainer.global_step] = {
-            "unet": {k: v.detach().clone() for k, v in trainer._unwrap(trainer.unet).state_dict().items()},
+            "unet": {k: v.detach().clone() for k, v in trainer.unwrap(trainer.unet).state_dict().items()},
             "text_encoder": {
-                k: v.detach().clone() for k, v in trainer._unwrap(trainer.text_encoder).state_dict().items()
+                k: v.detach().clone() for k, v in trainer.unwrap(trainer.text_encoder).state_dict().items()
             },
         }
 
-    trainer = DreamBoothTrainer(config, progress=False, callbacks=[snapshot])
+    trainer = build_trainer(config, progress=False, callbacks=[snapshot])
     initial = {
-        "unet": {k: v.detach().clone() for k, v in trainer._unwrap(trainer.unet).state_dict().items()},
-        "text_encoder": {k: v.detach().clone() for k, v in trainer._unwrap(trainer.text_encoder).state_dict().items()},
+        "unet": {k: v.detach().clone() for k, v in trainer.unwrap(trainer.unet).state_dict().items()},
+        "text_encoder": {k: v.detach().clone() for k, v in trainer.unwrap(trainer.text_encoder).state_dict().items()},
         "vae": {k: v.detach().clone() for k, v in trainer.vae.state_dict().items()},
     }
     result = trainer.run()

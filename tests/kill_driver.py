@@ -4,7 +4,8 @@
     python tests/kill_driver.py CONFIG.json mid_step STEP        # after the backward pass of STEP, before its update
     python tests/kill_driver.py CONFIG.json in_save STEP N       # during the save of STEP, after its N-th file
 
-Used by test_crash_safety.py: the kill is a real SIGKILL, not an exception.
+Used by test_crash_safety.py: the kill is a real SIGKILL, not an exception. The kill points are hooks of
+the trainer's one callback protocol.
 """
 
 import os
@@ -12,33 +13,39 @@ import signal
 import sys
 
 from cartoonify.config import TrainConfig
-from cartoonify.train import DreamBoothTrainer
+from cartoonify.training.callbacks import TrainerCallback
+from cartoonify.training.run import build_trainer
+
+
+class KillMidStep(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_after_backward(self, trainer):
+        if trainer.global_step + 1 == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillInSave(TrainerCallback):
+    def __init__(self, step: int, after: int):
+        self.step, self.after, self.written = step, after, []
+
+    def on_checkpoint_file(self, trainer, path):
+        if trainer.global_step == self.step:
+            self.written.append(path)
+            if len(self.written) == self.after:
+                os.kill(os.getpid(), signal.SIGKILL)
 
 
 def main(argv):
     config = TrainConfig.load(argv[0])
     mode = argv[1]
-    hooks = {}
+    callbacks = []
     if mode == "mid_step":
-        step = int(argv[2])
-
-        def after_backward(trainer):
-            if trainer.global_step + 1 == step:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-        hooks["after_backward"] = after_backward
+        callbacks.append(KillMidStep(int(argv[2])))
     elif mode == "in_save":
-        step, after = int(argv[2]), int(argv[3])
-        written = []
-
-        def checkpoint_file(trainer, path):
-            if trainer.global_step == step:
-                written.append(path)
-                if len(written) == after:
-                    os.kill(os.getpid(), signal.SIGKILL)
-
-        hooks["checkpoint_file"] = checkpoint_file
-    DreamBoothTrainer(config, progress=False, hooks=hooks).run()
+        callbacks.append(KillInSave(int(argv[2]), int(argv[3])))
+    build_trainer(config, progress=False, callbacks=callbacks).run()
     return 0
 
 

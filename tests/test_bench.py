@@ -1,4 +1,5 @@
-"""The benchmark runs and writes its results (no timing is asserted)."""
+"""The benchmark harness runs from the repository root and writes its results (no timing is asserted);
+the torchvision stand-in of the reference run transforms images as cartoonify's trainer does."""
 
 from __future__ import annotations
 
@@ -6,28 +7,82 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_tiny_benchmark_runs_and_writes_results(tmp_path, cartoonify_home):
+    from cartoonify.training.objective import REGIONS
+
     out = tmp_path / "results"
+    committed = REPO_ROOT / "benchmarks" / "results" / "tiny.json"
+    before = committed.stat().st_mtime_ns if committed.exists() else None
     proc = subprocess.run(
-        [sys.executable, "-m", "cartoonify.bench", "tiny", "--warmup", "1", "--steps", "2", "--repeats", "1",
+        [sys.executable, "-m", "benchmarks.bench", "tiny", "--warmup", "1", "--steps", "2", "--repeats", "1",
          "--rounds", "1", "--profile", "--only", "default", "--work", str(tmp_path / "work"), "--out", str(out)],
-        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900,
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=REPO_ROOT, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "tiny.json").read_text())
     row = results["training"][0]
-    assert row["variant"] == "default" and "error" not in row, row
-    assert row["steps_per_s"] > 0 and row["peak_memory_bytes"] > 0 and len(row["steps_per_s_repeats"]) == 1
+    assert [r["variant"] for r in results["training"]] == ["default"]
+    assert "error" not in row, row
+    assert row["steps_per_s"] > 0 and row["images_per_s"] > 0 and row["peak_memory_bytes"] > 0
+    assert len(row["steps_per_s_repeats"]) == 1 and row["steps_per_s_repeats"][0] > 0
     assert len(row["step_seconds"]) == 2 and row["steps_per_s"] == pytest.approx(2 / sum(row["step_seconds"]))
+    assert row["images_per_s"] == pytest.approx(row["steps_per_s"] * 8)  # batch 4 + 4 class images
     assert results["environment"]["versions"]["torch"] and results["settings"]["train_batch_size"] == 4
+    assert results["settings"]["instance_dir"] == "<work>/instance"  # no machine paths in the results
     md = (out / "tiny.md").read_text()
     assert "| default |" in md
-    # the profile splits a step into the trainer's regions, and names the operators
+    # the profile splits a step into the trainer's regions (named by REGIONS), and names the operators
     regions = {r["region"]: r["cpu_ms"] for r in results["profile"]["regions"]}
-    assert {"unet_forward", "backward", "optimizer_step", "other"} <= set(regions)
-    assert regions["backward"] > 0 and results["profile"]["top_ops"]
-    assert "| backward |" in md
+    assert set(regions) <= set(REGIONS.values()) | {"other"}
+    assert {REGIONS["unet"], REGIONS["backward"], REGIONS["optimizer"], "other"} <= set(regions)
+    assert regions[REGIONS["backward"]] > 0 and results["profile"]["top_ops"]
+    assert f"| {REGIONS['backward']} |" in md
+    assert (committed.stat().st_mtime_ns if committed.exists() else None) == before  # --out was honoured
+
+
+def test_torchvision_standin_matches_the_trainers_transforms(tmp_path):
+    from benchmarks.standin.torchvision import transforms
+    from cartoonify.data.dataset import load_training_image
+
+    rng = np.random.default_rng(0)
+    for i, (w, h) in enumerate([(97, 73), (50, 120), (64, 64)]):
+        path = tmp_path / f"image-{i}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        # as diffusers' train_dreambooth.py builds them (--center_crop)
+        pipeline = transforms.Compose([
+            transforms.Resize(64, interpolation=transforms.InterpolationMode.BILINEAR),
+            transforms.CenterCrop(64), transforms.ToTensor(), transforms.Normalize([0.5], [0.5]),
+        ])
+        ours = load_training_image(path, 64, center_crop=True)
+        theirs = pipeline(Image.open(path).convert("RGB"))
+        assert theirs.shape == ours.shape == (3, 64, 64) and theirs.dtype == torch.float32
+        torch.testing.assert_close(theirs, ours, atol=1e-6, rtol=0)
+    torch.manual_seed(0)
+    assert transforms.RandomCrop(32)(Image.new("RGB", (50, 40))).size == (32, 32)
+
+    # the launcher runs a script with the stand-in importable, after diffusers and transformers found none
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import json, sys\nfrom torchvision import transforms\nimport torchvision, diffusers.utils, transformers.utils\n"
+        "json.dump({'file': torchvision.__file__, 'argv': sys.argv[1:], 'resize': transforms.Resize.__module__,\n"
+        "           'diffusers': diffusers.utils.is_torchvision_available(),\n"
+        "           'transformers': transformers.utils.is_torchvision_available()}, open(sys.argv[1], 'w'))\n"
+    )
+    report = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.standin.launch", str(script), str(report)],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(report.read_text())
+    assert Path(seen["file"]).parent == REPO_ROOT / "benchmarks" / "standin" / "torchvision"
+    assert seen["argv"] == [str(report)] and seen["resize"] == "torchvision.transforms"
+    assert seen["diffusers"] is False and seen["transformers"] is False

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cartoonify.config import ConfigError, TrainConfig, parse_overrides
-from cartoonify.train import config_from_args
+from cartoonify.training.cli import config_from_args
 
 
 def test_defaults_are_the_writeup_settings():

@@ -7,7 +7,6 @@ import errno
 import hashlib
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -16,19 +15,38 @@ from pathlib import Path
 import pytest
 import torch
 
-from cartoonify.checkpoint import CheckpointError, verify_checkpoint
-from cartoonify.train import (
-    CheckpointSaveError,
-    DreamBoothTrainer,
-    InsufficientDiskError,
-    NonFiniteLossError,
-    TrainingOutOfMemoryError,
-    list_checkpoints,
-    read_loss_log,
-)
+from cartoonify.runs import CheckpointError, list_checkpoints, verify_checkpoint, write_marker
+from cartoonify.training.callbacks import TrainerCallback
+from cartoonify.training.checkpoint import CheckpointSaveError
+from cartoonify.training.disk import InsufficientDiskError
+from cartoonify.training.errors import NonFiniteLossError, TrainingOutOfMemoryError
+from cartoonify.training.logs import read_loss_log
+from cartoonify.training.run import build_trainer
 
 DRIVER = Path(__file__).resolve().parent / "kill_driver.py"
 STEPS = 6
+
+
+class Hook(TrainerCallback):
+    """One hook point of the callback protocol, from a plain function (fault injection)."""
+
+    def __init__(self, point: str, fn):
+        self.point, self.fn = point, fn
+
+    def transform_loss(self, trainer, loss):
+        return self.fn(trainer, loss) if self.point == "transform_loss" else loss
+
+    def on_after_backward(self, trainer):
+        if self.point == "on_after_backward":
+            self.fn(trainer)
+
+    def on_checkpoint_file(self, trainer, path):
+        if self.point == "on_checkpoint_file":
+            self.fn(trainer, path)
+
+
+def _trainer(config, *callbacks):
+    return build_trainer(config, progress=False, callbacks=callbacks)
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -84,58 +102,70 @@ def uninterrupted(kill_config):
     return {"digest": _digest(run / "checkpoints" / f"checkpoint-{STEPS}"), "log": read_loss_log(run / "logs" / "train_log.csv")}
 
 
-def _kill_and_resume(kill_config, name, *mode):
-    config = kill_config(name)
+def _logged_steps(run: Path) -> list[int]:
+    return [int(r["step"]) for r in read_loss_log(run / "logs" / "train_log.csv")]
+
+
+def _kill(config, *mode) -> Path:
     killed = _drive(config, *mode)
     assert killed.returncode == -9, f"expected SIGKILL, got {killed.returncode}: {killed.stderr[-1500:]}"
-    run = Path(config.output_dir)
-    before = [p.name for p in list_checkpoints(run)]
+    return Path(config.output_dir)
+
+
+def _resume_and_compare(config, uninterrupted) -> None:
+    """Resume a killed run, then check it against the uninterrupted one: the final checkpoint bit for bit,
+    and the CSV log and TensorBoard events with every step exactly once and the same losses."""
     resumed = _drive(config.replace(resume_from_checkpoint="latest"), "none")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    return run, before
-
-
-def test_sigkill_mid_step_then_resume_is_bit_identical(kill_config, uninterrupted):
-    step = random.Random(7).randint(3, STEPS)  # the kill point, chosen by the test
-    run, before = _kill_and_resume(kill_config, "mid", "mid_step", step)
-    assert before == [f"checkpoint-{s}" for s in range(2, step, 2)]
+    run = Path(config.output_dir)
     assert _digest(run / "checkpoints" / f"checkpoint-{STEPS}") == uninterrupted["digest"]
     log = read_loss_log(run / "logs" / "train_log.csv")
-    assert [r["step"] for r in log] == list(range(1, STEPS + 1))  # no duplicated or missing step
+    assert [int(r["step"]) for r in log] == list(range(1, STEPS + 1))  # no duplicated or missing step
     assert [r["loss"] for r in log] == [r["loss"] for r in uninterrupted["log"]]
-    assert sorted(set(_tb_steps(run))) == list(range(1, STEPS + 1))
-    assert len(_tb_steps(run)) == STEPS  # TensorBoard drops the killed run's steps past the checkpoint
+    assert _tb_steps(run) == list(range(1, STEPS + 1))  # TensorBoard purged the killed run's steps past the checkpoint
+
+
+# Kill points: each leaves logged steps beyond the last checkpoint, which the resumed run logs again. Without
+# the log truncation (LossLog) the CSV repeats them; without TensorBoard's purge_step the events do.
+@pytest.mark.parametrize("step", [4])
+def test_sigkill_mid_step_then_resume_is_bit_identical(kill_config, uninterrupted, step):
+    config = kill_config(f"mid{step}")
+    run = _kill(config, "mid_step", step)
+    ckpts = [p.name for p in list_checkpoints(run)]
+    assert ckpts == [f"checkpoint-{s}" for s in range(2, step, 2)]
+    assert _logged_steps(run) == list(range(1, step))  # steps past the last checkpoint were logged
+    assert _tb_steps(run) == list(range(1, step))
+    assert max(_logged_steps(run)) > int(ckpts[-1].split("-")[1])
+    _resume_and_compare(config, uninterrupted)
 
 
 def test_sigkill_during_a_checkpoint_write(kill_config, uninterrupted):
     config = kill_config("insave")
-    killed = _drive(config, "in_save", 4, 2)  # after unet/ and text_encoder/ of checkpoint-4
-    assert killed.returncode == -9
-    run = Path(config.output_dir)
+    run = _kill(config, "in_save", 4, 2)  # after unet/ and text_encoder/ of checkpoint-4
     assert [p.name for p in list_checkpoints(run)] == ["checkpoint-2"]  # the partial save is not a checkpoint
     assert (run / "checkpoints" / ".tmp-checkpoint-4").is_dir()
-    resumed = _drive(config.replace(resume_from_checkpoint="latest"), "none")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _logged_steps(run) == [1, 2, 3, 4] and _tb_steps(run) == [1, 2, 3, 4]
+    _resume_and_compare(config, uninterrupted)
     assert not (run / "checkpoints" / ".tmp-checkpoint-4").exists()
-    assert _digest(run / "checkpoints" / f"checkpoint-{STEPS}") == uninterrupted["digest"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("step", [1, 2, 5])
+@pytest.mark.parametrize("step", [1, 2, 3, 5, 6])
 def test_more_kill_points(kill_config, uninterrupted, step):
-    run, _ = _kill_and_resume(kill_config, f"mid{step}", "mid_step", step)
-    assert _digest(run / "checkpoints" / f"checkpoint-{STEPS}") == uninterrupted["digest"]
+    config = kill_config(f"mid{step}")
+    _kill(config, "mid_step", step)
+    _resume_and_compare(config, uninterrupted)
 
 
 def test_damaged_checkpoint_is_skipped_on_resume(kill_config):
     config = kill_config("damaged", max_train_steps=4)
-    DreamBoothTrainer(config, progress=False).run()
+    _trainer(config).run()
     run = Path(config.output_dir)
     victim = run / "checkpoints" / "checkpoint-4" / "optimizer.safetensors"
     victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")
     assert "optimizer.safetensors does not match its checksum" in verify_checkpoint(victim.parent)
     with pytest.warns(RuntimeWarning, match="skipping damaged checkpoint"):
-        trainer = DreamBoothTrainer(config.replace(resume_from_checkpoint="latest", max_train_steps=6), progress=False)
+        trainer = _trainer(config.replace(resume_from_checkpoint="latest", max_train_steps=6))
     assert trainer.resumed_from.name == "checkpoint-2" and trainer.global_step == 2
 
 
@@ -146,7 +176,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(kill_config)
         return loss * float("nan") if trainer.global_step + 1 == 3 else loss
 
     with pytest.raises(NonFiniteLossError, match=r"step 3.*learning_rate.*fp16.*checkpoint-2"):
-        DreamBoothTrainer(config, progress=False, hooks={"loss": poison}).run()
+        _trainer(config, Hook("transform_loss", poison)).run()
     ckpts = list_checkpoints(config.output_dir)
     assert [c.name for c in ckpts] == ["checkpoint-2"] and verify_checkpoint(ckpts[0]) == []
 
@@ -159,7 +189,7 @@ def test_out_of_memory_names_the_memory_settings(kill_config):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     with pytest.raises(TrainingOutOfMemoryError, match=r"after step 2.*gradient_checkpointing=True.*use_8bit_adam=True.*train_batch_size.*train_text_encoder=False"):
-        DreamBoothTrainer(config, progress=False, hooks={"after_backward": oom}).run()
+        _trainer(config, Hook("on_after_backward", oom)).run()
     assert verify_checkpoint(list_checkpoints(config.output_dir)[-1]) == []
 
 
@@ -176,7 +206,7 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(kill_config, kind
             raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(CheckpointSaveError, match=r"checkpoint-4.*disk full.*checkpoint-2 is intact"):
-        DreamBoothTrainer(config, progress=False, hooks={"checkpoint_file": full}).run()
+        _trainer(config, Hook("on_checkpoint_file", full)).run()
     run = Path(config.output_dir)
     assert [c.name for c in list_checkpoints(run)] == ["checkpoint-2"]
     assert not list((run / "checkpoints").glob(".tmp-*")) and verify_checkpoint(run / "checkpoints" / "checkpoint-2") == []
@@ -187,35 +217,78 @@ def test_not_enough_disk_is_refused_before_training(kill_config, monkeypatch):
     real = shutil.disk_usage
     monkeypatch.setattr("shutil.disk_usage", lambda p: real(p)._replace(free=1000))
     with pytest.raises(InsufficientDiskError, match="free"):
-        DreamBoothTrainer(config, progress=False).run()
+        _trainer(config).run()
     assert not list_checkpoints(config.output_dir)
     with pytest.warns(RuntimeWarning, match="needs about"):
-        DreamBoothTrainer(config.replace(output_dir=config.output_dir + "-warn", disk_check="warn", max_train_steps=1),
-                          progress=False).run()
+        _trainer(config.replace(output_dir=config.output_dir + "-warn", disk_check="warn", max_train_steps=1)).run()
 
 
-def test_pickle_checkpoints_are_refused(trained_run, tmp_path):
-    from cartoonify.sample import load_finetuned
+class _Trap:
+    """Unpickling this creates the sentinel file: a stand-in for code a malicious pickle would run."""
+
+    def __init__(self, sentinel: Path):
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        return (Path.touch, (self.sentinel,))
+
+
+def _plant_pickle(folder: Path, name: str, sentinel: Path) -> None:
+    """Replace the safetensors weights of ``folder`` by a pickle file ``name`` that would run code."""
+    import pickle
+
+    for st in folder.glob("*.safetensors"):
+        st.unlink()
+    (folder / name).write_bytes(pickle.dumps({"weights": _Trap(sentinel)}))
+
+
+@pytest.mark.parametrize("suffix", [".bin", ".ckpt", ".pt"])
+def test_pickle_checkpoints_are_refused(trained_run, tmp_path, suffix):
+    from cartoonify.sampling import load_finetuned
+
+    ckpt = tmp_path / "checkpoint-2"
+    shutil.copytree(trained_run["result"].checkpoints[0], ckpt)
+    sentinel = tmp_path / "pickle-ran"
+    _plant_pickle(ckpt / "unet", f"diffusion_pytorch_model{suffix}", sentinel)
+    base = str(trained_run["config"].pretrained_model)
+    with pytest.raises(CheckpointError, match=rf"pickle.*diffusion_pytorch_model\{suffix}.*allow_pickle=True"):
+        load_finetuned(base, ckpt, device="cpu")
+    assert not sentinel.exists()  # refused before anything was unpickled
+
+
+def test_pickle_base_model_is_refused(tiny_model, tmp_path):
+    from cartoonify.models import load_pipeline
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model, base)
+    sentinel = tmp_path / "pickle-ran"
+    _plant_pickle(base / "unet", "diffusion_pytorch_model.bin", sentinel)
+    with pytest.raises(CheckpointError, match=r"base.*pickle.*unet/diffusion_pytorch_model.bin"):
+        load_pipeline(str(base))
+    assert not sentinel.exists()
+
+
+def test_allow_pickle_loads_a_trusted_pickle(trained_run, tmp_path):
+    from safetensors.torch import load_file
+
+    from cartoonify.sampling import load_finetuned
 
     ckpt = tmp_path / "checkpoint-2"
     shutil.copytree(trained_run["result"].checkpoints[0], ckpt)
     unet = ckpt / "unet" / "diffusion_pytorch_model.safetensors"
-    from safetensors.torch import load_file
-
-    torch.save(load_file(unet), ckpt / "unet" / "diffusion_pytorch_model.bin")
+    weights = load_file(unet)
+    torch.save(weights, ckpt / "unet" / "diffusion_pytorch_model.bin")
     unet.unlink()
-    base = str(trained_run["config"].pretrained_model)
-    with pytest.raises(CheckpointError, match=r"pickle.*diffusion_pytorch_model.bin.*allow_pickle=True"):
-        load_finetuned(base, ckpt, device="cpu")
-    pipe = load_finetuned(base, ckpt, device="cpu", allow_pickle=True)  # the explicit flag
-    assert pipe.unet is not None
+    pipe = load_finetuned(str(trained_run["config"].pretrained_model), ckpt, device="cpu", allow_pickle=True)
+    name, value = next(iter(weights.items()))
+    assert torch.equal(pipe.unet.state_dict()[name], value)  # the flag loads the file's weights
 
 
 def test_mismatched_checkpoint_is_refused_with_both_named(trained_run, tmp_path):
     from diffusers import UNet2DConditionModel
 
-    from cartoonify.models import tiny_unet_config
-    from cartoonify.sample import load_finetuned
+    from cartoonify.models.tiny import tiny_unet_config
+    from cartoonify.sampling import load_finetuned
 
     ckpt = tmp_path / "checkpoint-x"
     shutil.copytree(trained_run["result"].checkpoints[0], ckpt)
@@ -233,27 +306,32 @@ def test_nonfinite_gradient_is_not_applied(kill_config):
 
     def inf_grad(trainer):
         if trainer.global_step + 1 == 4:
-            p = next(trainer._unwrap(trainer.unet).parameters())
+            p = next(trainer.unwrap(trainer.unet).parameters())
             p.grad.fill_(float("inf"))
-            seen["before"] = p.detach().clone()
+            seen["param"], seen["before"] = p, p.detach().clone()
+            seen["state"] = {k: v.clone() for k, v in trainer.optimizer.optimizer.state[p].items()
+                             if torch.is_tensor(v)}
 
+    trainer = _trainer(config, Hook("on_after_backward", inf_grad))
     with pytest.raises(NonFiniteLossError, match="gradient norm is .* at step 4"):
-        trainer = DreamBoothTrainer(config, progress=False, hooks={"after_backward": inf_grad})
         trainer.run()
     assert [c.name for c in list_checkpoints(config.output_dir)] == ["checkpoint-2"]
+    p = seen["param"]
+    assert torch.equal(p.detach(), seen["before"])  # the weights never saw the update
+    assert torch.isfinite(p.detach()).all()
+    state = trainer.optimizer.optimizer.state[p]
+    assert seen["state"] and all(torch.equal(state[k], v) for k, v in seen["state"].items())  # nor did Adam
 
 
 def test_resume_refuses_pickle_weights(kill_config):
     config = kill_config("resume-pickle", max_train_steps=2)
-    DreamBoothTrainer(config, progress=False).run()
+    _trainer(config).run()
     ckpt = Path(config.output_dir) / "checkpoints" / "checkpoint-2"
     st = ckpt / "unet" / "diffusion_pytorch_model.safetensors"
     from safetensors.torch import load_file
 
     torch.save(load_file(st), ckpt / "unet" / "diffusion_pytorch_model.bin")
     st.unlink()
-    from cartoonify.checkpoint import write_marker
-
     write_marker(ckpt, json.loads((ckpt / "checkpoint.json").read_text()))
     with pytest.raises(CheckpointError, match="allow_pickle"):
-        DreamBoothTrainer(config.replace(resume_from_checkpoint="latest", max_train_steps=4), progress=False)
+        _trainer(config.replace(resume_from_checkpoint="latest", max_train_steps=4))

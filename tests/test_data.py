@@ -7,17 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cartoonify.data import (
-    DataFolderError,
-    DreamBoothDataset,
-    ImageLoadError,
-    StepBatchSampler,
-    collate_examples,
-    load_training_image,
-    read_caption,
-    require_images,
-    to_pil,
-)
+from cartoonify.data.dataset import DreamBoothDataset, StepBatchSampler, collate_examples, load_training_image, to_pil
+from cartoonify.data.folders import DataFolderError, read_caption, require_images
+from cartoonify.imaging import ImageLoadError, open_rgb
 
 
 def test_transform_matches_an_independent_computation(tmp_path):
@@ -32,15 +24,23 @@ def test_transform_matches_an_independent_computation(tmp_path):
     assert to_pil(t).size == (60, 60)
 
 
-def test_exif_rotation_and_mode_conversion(tmp_path):
-    img = Image.new("L", (40, 20), 200)
+@pytest.mark.parametrize("orientation, corner", [(6, "top-right"), (8, "bottom-left"), (3, "bottom-right")])
+def test_exif_rotation_and_mode_conversion(tmp_path, orientation, corner):
+    """A dark marker in the stored image's top-left corner ends where a viewer shows it: orientation 6 is
+    stored rotated 90 degrees counter-clockwise (shown turned clockwise), 8 the other way, 3 upside down."""
+    img = Image.new("L", (40, 20), 220)
+    img.paste(0, (0, 0, 8, 8))
     exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees
-    img.save(tmp_path / "r.jpg", exif=exif)
-    from cartoonify.data import open_rgb
-
+    exif[0x0112] = orientation
+    img.save(tmp_path / "r.jpg", exif=exif, quality=95)
     out = open_rgb(tmp_path / "r.jpg")
-    assert out.mode == "RGB" and out.size == (20, 40)
+    assert out.mode == "RGB" and out.size == ((20, 40) if orientation in (6, 8) else (40, 20))
+    arr = np.asarray(out.convert("L"), dtype=float)
+    h, w = arr.shape
+    corners = {"top-left": arr[:8, :8], "top-right": arr[:8, w - 8:], "bottom-left": arr[h - 8:, :8],
+               "bottom-right": arr[h - 8:, w - 8:]}
+    dark = [name for name, block in corners.items() if block.mean() < 80]
+    assert dark == [corner]
 
 
 def test_corrupt_image_names_the_file(tmp_path):

@@ -11,12 +11,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from cartoonify import models  # noqa: E402
 from cartoonify.models import (  # noqa: E402
     SD15_PARAMETER_COUNTS,
-    TINY_MARKER,
     TINY_MODEL,
-    TINY_TOKENIZER_WORDS,
     build_sd15,
     build_tiny,
     count_parameters,
@@ -25,6 +22,9 @@ from cartoonify.models import (  # noqa: E402
     resolve_model,
     tiny_model_path,
 )
+from cartoonify.models import loading  # noqa: E402
+from cartoonify.models.tiny import TINY_MARKER  # noqa: E402
+from cartoonify.models.tokenizer import TINY_TOKENIZER_WORDS  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -231,13 +231,13 @@ def test_load_pipeline_falls_back_from_missing_variant(tiny_path):
 
 
 def test_variant_for(tiny_path, tmp_path):
-    assert models._variant_for(str(tiny_path), "fp16") is None
-    assert models._variant_for(str(tiny_path), None) is None
-    assert models._variant_for(models.DEFAULT_MODEL, "fp16") == "fp16"
+    assert loading._variant_for(str(tiny_path), "fp16") is None
+    assert loading._variant_for(str(tiny_path), None) is None
+    assert loading._variant_for(loading.DEFAULT_MODEL, "fp16") == "fp16"
     local = tmp_path / "with_variant" / "unet"
     local.mkdir(parents=True)
     (local / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"")
-    assert models._variant_for(str(local.parent), "fp16") == "fp16"
+    assert loading._variant_for(str(local.parent), "fp16") == "fp16"
 
 
 def test_variant_files_are_used_and_upcast(tiny_path, tmp_path):
@@ -246,7 +246,7 @@ def test_variant_files_are_used_and_upcast(tiny_path, tmp_path):
     half = tmp_path / "half"
     StableDiffusionPipeline.from_pretrained(tiny_path, dtype=torch.float16).save_pretrained(half, variant="fp16")
     assert (half / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()
-    assert models._variant_for(str(half), "fp16") == "fp16"
+    assert loading._variant_for(str(half), "fp16") == "fp16"
 
     assert load_pipeline(str(half), variant="fp16", torch_dtype=torch.float16).unet.dtype == torch.float16
     parts = load_components(str(half), variant="fp16")
@@ -263,7 +263,7 @@ def test_load_components(tiny_path):
     from diffusers import AutoencoderKL, DDPMScheduler, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    parts = load_components(str(tiny_path), revision=models.DEFAULT_REVISION, variant="fp16")
+    parts = load_components(str(tiny_path), revision=loading.DEFAULT_REVISION, variant="fp16")
     assert isinstance(parts["tokenizer"], CLIPTokenizer)
     assert isinstance(parts["text_encoder"], CLIPTextModel)
     assert isinstance(parts["vae"], AutoencoderKL)

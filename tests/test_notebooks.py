@@ -16,6 +16,7 @@ from cartoonify.config import PARAMETER_CONFIGS, load_parameters, parameter_type
 from cartoonify.notebooks import NOTEBOOKS, cells_with_outputs, notebook_path, run_notebooks, strip_outputs
 
 ROOT = Path(__file__).resolve().parent.parent
+CELL_TIMEOUT = 600  # seconds a notebook cell may run under papermill
 
 
 def _defaults() -> dict:
@@ -112,7 +113,7 @@ def notebook_run(tiny_model, tmp_path_factory):
         "stylize_strengths": [0.5, 0.9],
         "stylize_steps": 4,
     }
-    written = run_notebooks(params)
+    written = run_notebooks(params, timeout=CELL_TIMEOUT)
     return {"params": params, "run_dir": base / "outputs" / "nbtest", "written": written}
 
 
@@ -156,14 +157,16 @@ def test_notebooks_run_headless_and_leave_their_files(notebook_run):
     assert expected <= {p.name for p in (run / "figures").iterdir()}
 
 
-def test_evaluate_summarises_saved_ratings_on_rerun(notebook_run):
+def test_evaluate_summarises_saved_ratings_on_rerun(notebook_run, tmp_path):
     from cartoonify.rating import RatingStore, collect_items
 
-    run = notebook_run["run_dir"]
+    run = tmp_path / "outputs" / "rated"  # a copy: the shared run stays unrated for the other tests
+    shutil.copytree(notebook_run["run_dir"], run)
     store = RatingStore(run)
     for item in collect_items(run):
         store.add(item.path, "alice", 4 if item.group == 2 else 8)
-    run_notebooks(notebook_run["params"], names=["03_evaluate"])
+    params = {**notebook_run["params"], "outputs_dir": str(tmp_path / "outputs"), "run_name": "rated"}
+    run_notebooks(params, names=["03_evaluate"], timeout=CELL_TIMEOUT)
     out = _stdout(run / "notebooks" / "03_evaluate.ipynb")
     assert "Best step: 4 (mean 8.00" in out
     with (run / "figures" / "rating_summary.csv").open() as fh:

@@ -9,7 +9,7 @@ import torch
 
 bnb = pytest.importorskip("bitsandbytes")
 
-from cartoonify.optim import adamw8bit, fused_small_class  # noqa: E402
+from cartoonify.training.optim import adamw8bit, fused_small_class  # noqa: E402
 
 # two tensors with 8-bit state (>= 4096 elements) and three that bitsandbytes keeps in 32-bit
 SHAPES = [(64,), (32, 3, 3, 3), (128, 64), (5000,), (10,)]

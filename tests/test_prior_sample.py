@@ -7,9 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from cartoonify.prior import class_image_name, generate_class_images, missing_class_indices
-from cartoonify.sample import image_grid, image_to_image, load_finetuned, text_to_image
-from cartoonify.schedulers import SCHEDULERS, make_scheduler, resolve_scheduler
+from cartoonify.config import SCHEDULERS, scheduler_spec
+from cartoonify.data.prior import class_image_name, generate_class_images, missing_class_indices
+from cartoonify.imaging import image_grid
+from cartoonify.models import image_to_image, make_scheduler, text_to_image
+from cartoonify.sampling import load_finetuned
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +54,15 @@ def test_registry_covers_the_comparison_and_swaps_from_config(pipe):
         assert type(s).__name__ == SCHEDULERS[name].class_name
         assert s.config.beta_schedule == "scaled_linear" and s.config.beta_end == 0.012
     assert make_scheduler("dpmpp_2m_karras", pipe.scheduler).config.use_karras_sigmas is True
-    assert resolve_scheduler("PNDMScheduler").class_name == "PNDMScheduler"
+    assert scheduler_spec("PNDMScheduler").class_name == "PNDMScheduler"
     with pytest.raises(KeyError, match="nope"):
-        resolve_scheduler("nope")
+        scheduler_spec("nope")
+    with pytest.raises(KeyError, match="NopeScheduler"):  # well-formed, but diffusers has no such class
+        make_scheduler("NopeScheduler", pipe.scheduler)
 
 
-def test_per_image_seeds_do_not_depend_on_the_batch(pipe):
-    pipe.scheduler = make_scheduler("euler_a", pipe.scheduler)  # ancestral: noise at every step
+def test_per_image_seeds_do_not_depend_on_the_batch(pipe, monkeypatch):
+    monkeypatch.setattr(pipe, "scheduler", make_scheduler("euler_a", pipe.scheduler))  # ancestral: noise every step
     together = text_to_image(pipe, "a person, Disney style", [1, 2, 3], num_inference_steps=3)
     alone = text_to_image(pipe, "a person, Disney style", [2], num_inference_steps=3)
     again = text_to_image(pipe, "a person, Disney style", [1, 2, 3], num_inference_steps=3, batch_size=1)
@@ -69,14 +73,27 @@ def test_per_image_seeds_do_not_depend_on_the_batch(pipe):
     assert together.seeds == [1, 2, 3] and together.nsfw == [None] * 3
 
 
-def test_img2img_strength(pipe):
+def test_img2img_strength(pipe, monkeypatch):
+    """Strength is the share of the denoising schedule that runs: it sets how many UNet evaluations there
+    are (DDIM: one a step), and it is deterministic for a seed."""
+    monkeypatch.setattr(pipe, "scheduler", make_scheduler("ddim", pipe.scheduler))
     photo = Image.new("RGB", (100, 80), (200, 40, 40))
-    low = image_to_image(pipe, photo, "a person, Disney style", strength=0.1, seed=0, num_inference_steps=10)
-    high = image_to_image(pipe, photo, "a person, Disney style", strength=1.0, seed=0, num_inference_steps=10)
-    assert low.images[0].size == (64, 64)
-    ref = image_to_image(pipe, photo, "a person, Disney style", strength=0.1, seed=0, num_inference_steps=10)
+    calls = []
+    handle = pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    try:
+        counts = {}
+        for strength in (0.2, 0.5, 1.0):
+            calls.clear()
+            res = image_to_image(pipe, photo, "a person, Disney style", strength=strength, seed=0,
+                                 num_inference_steps=10)
+            counts[strength] = len(calls)
+    finally:
+        handle.remove()
+    assert counts == {0.2: 2, 0.5: 5, 1.0: 10}  # int(10 * strength) steps of the schedule
+    assert res.images[0].size == (64, 64)
+    low = image_to_image(pipe, photo, "a person, Disney style", strength=0.2, seed=0, num_inference_steps=10)
+    ref = image_to_image(pipe, photo, "a person, Disney style", strength=0.2, seed=0, num_inference_steps=10)
     assert np.array_equal(np.asarray(low.images[0]), np.asarray(ref.images[0]))
-    assert not np.array_equal(np.asarray(low.images[0]), np.asarray(high.images[0]))
     with pytest.raises(ValueError, match="strength"):
         image_to_image(pipe, photo, "x", strength=0.0)
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import io
 import json
 import math
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -25,7 +31,9 @@ from cartoonify.rating import (
     summary_html,
     summary_message,
     summary_table,
+    write_summary_csv,
 )
+from cartoonify.runs import RunLayout
 
 
 def _png(color: tuple[int, int, int]) -> bytes:
@@ -62,14 +70,16 @@ def run_dir(tmp_path) -> Path:
 
 def test_collect_items(run_dir):
     items = collect_items(run_dir)
-    assert [i.path for i in items] == [
-        f"validation/step-{s}/image-{k:02d}.png" for s in (500, 3500) for k in range(3)
-    ]
+    assert [i.path for i in items] == [f"validation/step-{s}/image-{k:02d}.png" for s in (500, 3500) for k in range(3)]
     assert [i.group for i in items] == [500] * 3 + [3500] * 3
     assert [i.excluded for i in items] == [False, True, False, False, False, False]
     assert items[0].seed == 42 and items[0].meta["prompt"] == "a person, Disney style"
     assert items[0].meta["file"] == "image-00.png" and "images" not in items[0].meta
-    hash(items[0])  # frozen and hashable despite the meta dict
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        items[0].group = 1  # frozen
+    twin = RatingItem(items[0].path, items[0].group, seed=items[0].seed, meta={"other": "meta"})
+    assert twin == items[0] and hash(twin) == hash(items[0])  # hashable; meta takes no part in equality
+    assert len({*items, twin}) == len(items)
 
 
 def test_collect_items_other_groups(tmp_path):
@@ -94,6 +104,27 @@ def test_collect_items_errors(tmp_path, run_dir):
         collect_items(run_dir)
 
 
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"step": 500},  # no image list
+        {"step": 500, "images": [{"seed": 1}]},  # an image without its file
+        {"step": 500, "images": [{"file": ""}]},  # an empty file name
+        {"images": [{"file": "image-00.png"}]},  # no group key
+    ],
+)
+def test_collect_items_rejects_malformed_records(tmp_path, record):
+    folder = tmp_path / "validation" / "step-500"
+    folder.mkdir(parents=True)
+    (folder / "images.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="step-500"):
+        collect_items(tmp_path)
+
+
+def test_collect_items_without_records(tmp_path):
+    assert collect_items(tmp_path) == []
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # store
 # ---------------------------------------------------------------------------------------------------------------
@@ -105,6 +136,7 @@ def test_store_roundtrip_latest_and_raters(tmp_path):
     store.add("validation/step-500/image-00.png", "alice", 3)
     store.add("validation/step-500/image-00.png", " alice ", 5)  # a re-rating replaces
     store.add("validation/step-500/image-00.png", "bob", 9)
+    assert store.path == RunLayout(tmp_path).ratings
     lines = (tmp_path / "ratings.csv").read_text().splitlines()
     assert lines[0] == "time,rater,image,value" and len(lines) == 4
 
@@ -128,8 +160,40 @@ def test_store_rejects_bad_values(tmp_path, value):
 
 @pytest.mark.parametrize("rater", ["", "   ", None, "two\nlines"])
 def test_store_rejects_bad_raters(tmp_path, rater):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="rater"):
         RatingStore(tmp_path).add("a.png", rater, 5)
+    assert not (tmp_path / "ratings.csv").exists()
+
+
+@pytest.mark.parametrize("image", ["", "two\nlines"])
+def test_store_rejects_bad_image_paths(tmp_path, image):
+    with pytest.raises(ValueError, match="image path"):
+        RatingStore(tmp_path).add(image, "alice", 5)
+    assert not (tmp_path / "ratings.csv").exists()
+
+
+def test_store_other_filename(tmp_path):
+    store = RatingStore(tmp_path, filename="schedulers.csv")
+    store.add(Path("schedulers") / "ddim" / "image-00.png", "alice", 6)  # a path is stored in POSIX form
+    assert store.path == tmp_path / "schedulers.csv" and not RunLayout(tmp_path).ratings.exists()
+    assert RatingStore(tmp_path, filename="schedulers.csv").latest() == {("alice", "schedulers/ddim/image-00.png"): 6}
+    assert RatingStore(tmp_path).records() == []
+
+
+def test_store_fsyncs_every_row(tmp_path, monkeypatch):
+    """Each rating is on disk before add() returns: one fsync of the ratings file per row, after the write."""
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(Path(tmp_path / "ratings.csv").read_bytes().count(b"\n"))  # what the file holds by then
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    store = RatingStore(tmp_path)
+    store.add("a.png", "alice", 3)
+    store.add("b.png", "alice", 4)
+    assert synced == [2, 3]  # header + row, then the second row
 
 
 def test_store_survives_truncated_last_line(tmp_path):
@@ -148,7 +212,7 @@ def test_store_survives_truncated_last_line(tmp_path):
     after = path.read_bytes()
     complete = before[: before.rfind(b"\n") + 1]
     assert after.startswith(complete)  # the complete rows are untouched
-    assert after[len(complete):].endswith(b",alice,validation/step-500/image-01.png,8\n")
+    assert after[len(complete) :].endswith(b",alice,validation/step-500/image-01.png,8\n")
     assert after.count(b"\n") == 3  # header, two rows: the partial row is gone, not completed
     records = RatingStore(tmp_path).records()
     assert [(r["image"], r["value"]) for r in records] == [
@@ -264,7 +328,7 @@ def test_widget_blind_and_unblind(run_dir):
 def test_widget_order_depends_on_seed(tmp_path):
     run = make_run(tmp_path / "run", steps=(100, 200, 300, 400), n_images=4)
     items = collect_items(run)
-    order = lambda seed: [i.path for i in RatingWidget(items, run, seed=seed).order]  # noqa: E731
+    order = lambda seed: [i.path for i in RatingWidget(items, run, seed=seed).order]
     assert order(0) == order(0)
     assert order(0) != order(1)
     assert sorted(order(0)) == sorted(i.path for i in items)
@@ -283,10 +347,17 @@ def test_widget_grid_mode(tmp_path):
     assert len(w.image_area.children) == len(page)
     borders = [tile.layout.border for tile in w.image_area.children]
     assert sum("transparent" not in b for b in borders) == 1  # only the active image is highlighted
+    shown = [i for i in w.order if i.group == group]  # the tiles, in the order shown
+    assert "transparent" not in borders[shown.index(w.current)]  # ... and it is the current one
+    assert "&#10003;" not in "".join(t.children[1].value for t in w.image_area.children)
 
-    for _ in page:
+    for k, _ in enumerate(page):
         assert w.current.group == group
+        active = shown.index(w.current)
+        assert w.image_area.children[active].children[1].value == f"&#9654; #{active + 1}"  # marked and numbered
         w.buttons[5].click()
+        if k < len(page) - 1:  # still on the page: the rated tile shows its rating
+            assert w.image_area.children[active].children[1].value == f"#{active + 1} &#10003; 6"
     assert sorted(p for p, _, _ in got) == sorted(i.path for i in page)  # one rating per image
     assert w.current.group != group
     assert len(w.image_area.children) == len([i for i in items if i.group == w.current.group and not i.excluded])
@@ -405,6 +476,46 @@ def test_summarize_accepts_store_records(tmp_path):
     assert from_records == summarize(items, ratings) == summarize(items, store.latest())
 
 
+def _reference_bootstrap(values, confidence=0.95, n_resamples=10000, seed=0):
+    """A plain percentile bootstrap: resample indices with replacement, take the quantiles of the means."""
+    x = np.asarray(values, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(n_resamples, len(x)))
+    means = x[idx].mean(axis=1)
+    tail = (1 - confidence) / 2
+    return tuple(np.quantile(means, [tail, 1 - tail]))
+
+
+@pytest.mark.parametrize(
+    "values, confidence, n_resamples, seed",
+    [([3, 4, 8, 9, 9, 2, 7], 0.95, 10000, 0), ([3.1, 4.7, 8.2, 9.9, 9.05], 0.8, 2000, 7), ([1, 10], 0.5, 500, 3)],
+)
+def test_bootstrap_ci_matches_a_plain_bootstrap(values, confidence, n_resamples, seed):
+    expected = _reference_bootstrap(values, confidence, n_resamples, seed)
+    got = bootstrap_ci(values, confidence=confidence, n_resamples=n_resamples, seed=seed)
+    assert got == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("confidence, z", [(0.95, 1.959964), (0.5, 0.674490)])
+def test_bootstrap_ci_of_a_large_sample_is_the_normal_interval(confidence, z):
+    """For a large sample the bootstrap interval of the mean is mean ± z·sd/√n (central limit theorem)."""
+    x = np.random.default_rng(123).gamma(2.0, 1.5, size=2000)  # skewed, yet the mean is near normal at this n
+    half = z * x.std(ddof=1) / math.sqrt(x.size)
+    lo, hi = bootstrap_ci(x, confidence=confidence, n_resamples=20000, seed=5)
+    assert lo == pytest.approx(x.mean() - half, abs=0.1 * half)
+    assert hi == pytest.approx(x.mean() + half, abs=0.1 * half)
+
+
+def test_bootstrap_ci_covers_the_true_mean():
+    """Over many synthetic samples the 90% interval holds the true mean about 90% of the time."""
+    rng = np.random.default_rng(2024)
+    trials, hits = 300, 0
+    for trial in range(trials):
+        sample = rng.normal(5.0, 2.0, size=40)
+        lo, hi = bootstrap_ci(sample, confidence=0.9, n_resamples=1000, seed=trial)
+        hits += lo <= 5.0 <= hi
+    assert 0.84 <= hits / trials <= 0.95  # the percentile bootstrap undercovers slightly at n=40
+
+
 def test_bootstrap_ci():
     values = [3, 4, 8, 9, 9, 2, 7]
     assert bootstrap_ci(values, seed=1) == bootstrap_ci(values, seed=1)
@@ -417,8 +528,10 @@ def test_bootstrap_ci():
     assert bootstrap_ci([6, 6, 6]) == (6.0, 6.0)
     assert bootstrap_ci([7]) == (7.0, 7.0)
     assert all(math.isnan(x) for x in bootstrap_ci([]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="confidence"):
         bootstrap_ci(values, confidence=1.5)
+    with pytest.raises(ValueError, match="n_resamples"):
+        bootstrap_ci(values, n_resamples=0)
 
 
 def test_best_group_ties_and_empty():
@@ -435,15 +548,40 @@ def test_summary_text():
     assert summary_message(summarize(items, {})) == NO_RATINGS_MESSAGE
     assert summary_message([]) == NO_RATINGS_MESSAGE
     s = summaries[1]
-    assert summary_message(summaries) == (
-        f"Best step: 3500 (mean 8.75, 95% CI [{s.ci_low:.2f}, {s.ci_high:.2f}], n=4)"
-    )
+    assert summary_message(summaries) == f"Best step: 3500 (mean 8.75, 95% CI [{s.ci_low:.2f}, {s.ci_high:.2f}], n=4)"
     table = summary_table(summaries)
     lines = table.strip().splitlines()
     assert lines[0] == "| step | n | mean | std | 95% CI | excluded |" and len(lines) == 5
     assert "| 500 | 2 | 3.50 | 0.71 |" in table and "**3500**" in table and "| 9000 | 0 | n/a |" in table
     page = summary_html(summaries, group_label="scheduler")
     assert page.startswith("<p>Best scheduler: 3500") and "<table>" in page and page.count("<tr") == 4
+    assert "<th>scheduler</th>" in page and page.count("font-weight:bold") == 1
+    assert "<tr style='font-weight:bold'><td style='text-align:right'>3500</td>" in page
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         summary_table(summarize(items, {}))
+
+
+def test_write_summary_csv(tmp_path):
+    items, ratings = _stats_fixture()
+    summaries = summarize(items, ratings)
+    target = tmp_path / "figures" / "rating_summary.csv"
+    assert write_summary_csv(summaries, target, group_label="scheduler") == target
+    with target.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["scheduler", "n", "mean", "std", "ci_low", "ci_high", "confidence", "n_excluded"]
+    assert [(r["scheduler"], int(r["n"]), int(r["n_excluded"])) for r in rows] == [
+        ("500", 2, 1),
+        ("3500", 4, 0),
+        ("9000", 0, 0),
+    ]
+    for row, s in zip(rows, summaries):
+        for key in ("mean", "std", "ci_low", "ci_high", "confidence"):
+            assert float(row[key]) == pytest.approx(getattr(s, key), nan_ok=True)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["rating_summary.csv"]  # no temporary file left
+
+
+def test_import_needs_neither_torch_nor_ipywidgets():
+    code = "import sys, cartoonify.rating; assert not {'torch', 'ipywidgets'} & set(sys.modules), sorted(sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -12,10 +12,13 @@ layout: a checkpoint of either optimizer loads into the other.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, Iterable
 
 import torch
 from torch.optim.adamw import adamw as _adamw
+
+from ..config import TrainConfig
 
 
 def adamw8bit(params: Iterable, fuse_small: bool = True, **kwargs: Any) -> torch.optim.Optimizer:
@@ -97,3 +100,37 @@ def fused_small_class() -> type:
             self._deferred = {}
 
     return AdamW8bitFusedSmall
+
+
+def build_optimizer(params, config: TrainConfig, device: torch.device | str = "cpu") -> torch.optim.Optimizer:
+    """bitsandbytes' AdamW8bit when ``use_8bit_adam``, else torch AdamW; the write-up's betas, weight decay
+    and epsilon. With ``fuse_small_adam_updates`` the tensors bitsandbytes keeps in 32-bit are updated in
+    one fused call (:class:`AdamW8bitFusedSmall`; same arithmetic, same state layout).
+
+    bitsandbytes is tried with one step on a probe tensor on ``device`` first: its native library often
+    imports fine and only fails at the first step. If it fails, training falls back to torch AdamW with
+    a warning that says why.
+    """
+    kwargs = dict(
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.adam_weight_decay,
+        eps=config.adam_epsilon,
+    )
+    params = list(params)
+    if config.use_8bit_adam:
+        try:
+            # 4096 elements: 8-bit state; 16: 32-bit state (the fused path)
+            probes = [torch.nn.Parameter(torch.zeros(n, device=device)) for n in (4096, 16)]
+            for probe in probes:
+                probe.grad = torch.ones_like(probe)
+            adamw8bit(probes, fuse_small=config.fuse_small_adam_updates, **kwargs).step()
+            return adamw8bit(params, fuse_small=config.fuse_small_adam_updates, **kwargs)
+        except Exception as err:  # ImportError, or a native library that fails to load or run
+            warnings.warn(
+                f"use_8bit_adam=True but bitsandbytes' AdamW8bit does not work here ({type(err).__name__}: "
+                f"{err}); falling back to torch.optim.AdamW (32-bit state: 4x the optimizer memory)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return torch.optim.AdamW(params, **kwargs)

@@ -1,4 +1,4 @@
-"""Training data: image folders, captions, PIL/numpy transforms, the DreamBooth dataset and its sampler.
+"""Training data: image tensors, the DreamBooth dataset and its sampler (folders: :mod:`.folders`).
 
 Transforms follow diffusers' ``train_dreambooth.py`` (resize the shorter side with bilinear filtering,
 center or random crop, scale to [-1, 1]) but use PIL and numpy only: there is no CPU build of
@@ -14,120 +14,14 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
-
-class ImageLoadError(ValueError):
-    """An image file cannot be read or decoded; the message names the file."""
-
-
-class DataFolderError(FileNotFoundError):
-    """A data folder is missing or holds no images; the message names the folder and its role."""
-
-
-# ------------------------------------------------------------------------------------------------
-# folders and captions
-# ------------------------------------------------------------------------------------------------
-
-
-def list_images(folder: str | Path, role: str = "image folder") -> list[Path]:
-    """Image files under ``folder`` (recursively, hidden entries skipped), sorted by relative path.
-
-    Raises :class:`DataFolderError` naming ``role`` and the folder when it is missing or empty.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataFolderError(f"{role} does not exist or is not a folder: {folder}")
-    files = sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
-    return files
-
-
-def require_images(folder: str | Path, role: str) -> list[Path]:
-    """:func:`list_images`, but an empty folder is an error too."""
-    files = list_images(folder, role)
-    if not files:
-        raise DataFolderError(f"{role} holds no images ({', '.join(IMAGE_EXTENSIONS)}): {folder}")
-    return files
-
-
-def caption_path(image_path: str | Path) -> Path:
-    """The optional caption file beside an image: ``photo.png`` -> ``photo.txt``."""
-    return Path(image_path).with_suffix(".txt")
-
-
-def read_caption(image_path: str | Path, default: str) -> str:
-    """The image's caption (its ``.txt`` beside it, stripped) or ``default`` if there is none or it is empty.
-
-    A caption is used verbatim as the image's whole training prompt, replacing the instance prompt.
-    """
-    path = caption_path(image_path)
-    if path.is_file():
-        text = " ".join(path.read_text(encoding="utf-8", errors="replace").split())
-        if text:
-            return text
-    return default
-
+from ..imaging import check_readable, crop_square, open_rgb, resize_shorter_side
+from .folders import read_caption, require_images
 
 # ------------------------------------------------------------------------------------------------
 # transforms (PIL + numpy)
 # ------------------------------------------------------------------------------------------------
-
-
-def open_rgb(path: str | Path) -> Image.Image:
-    """Open an image, apply its EXIF orientation and convert it to RGB; errors name the file."""
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageLoadError(f"cannot read image {path}: {err}") from err
-
-
-def check_readable(paths: Sequence[Path]) -> None:
-    """Decode every image; raise one :class:`ImageLoadError` listing all files that cannot be read."""
-    bad = []
-    for path in paths:
-        try:
-            open_rgb(path)
-        except ImageLoadError as err:
-            bad.append(str(err))
-    if bad:
-        more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
-        raise ImageLoadError(f"{len(bad)} unreadable image(s): " + "; ".join(bad[:10]) + more)
-
-
-def resize_shorter_side(img: Image.Image, size: int, resample=Image.BILINEAR) -> Image.Image:
-    """Resize so that the shorter side is ``size`` (torchvision's ``Resize(size)`` rounding)."""
-    w, h = img.size
-    if min(w, h) == size:
-        return img
-    if w <= h:
-        new_w, new_h = size, int(size * h / w)
-    else:
-        new_w, new_h = int(size * w / h), size
-    return img.resize((new_w, new_h), resample=resample)
-
-
-def crop_square(img: Image.Image, size: int, center: bool = True, rng: np.random.Generator | None = None):
-    """Crop a ``size`` x ``size`` square: centered (torchvision's rounding) or at a random offset."""
-    w, h = img.size
-    if center or rng is None:
-        left = int(round((w - size) / 2.0))
-        top = int(round((h - size) / 2.0))
-    else:
-        left = int(rng.integers(0, w - size + 1))
-        top = int(rng.integers(0, h - size + 1))
-    return img.crop((left, top, left + size, top + size))
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
@@ -307,13 +201,3 @@ class StepBatchSampler(torch.utils.data.Sampler):
         while True:
             yield self.batch(m)
             m += 1
-
-
-def __getattr__(name: str):
-    """``cartoonify.data.collect``: the collect step lives in :mod:`cartoonify.collect` (imported lazily,
-    since it builds on this module)."""
-    if name in ("collect", "CollectResult"):
-        from . import collect as _collect
-
-        return getattr(_collect, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

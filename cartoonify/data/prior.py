@@ -7,21 +7,17 @@ topped-up folder equals one generated in a single go.
 
 from __future__ import annotations
 
-import io
 import logging
-import re
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from .data import list_images
-from .utils import atomic_write_bytes, resolve_device, resolve_dtype
+from ..imaging import save_png
+from ..models import load_pipeline, make_scheduler, resolve_device, resolve_dtype, text_to_image
+from .folders import list_images
 
 logger = logging.getLogger(__name__)
-
-CLASS_IMAGE_PATTERN = re.compile(r"^class-(\d{5,})\.png$")
-
 
 def class_image_name(index: int) -> str:
     """The deterministic file name of class image ``index``."""
@@ -64,8 +60,6 @@ def generate_class_images(
 
     Batched (``batch_size`` prompts per call), seeded per image, written atomically. Returns the new files.
     """
-    from .sample import text_to_image
-
     class_dir = Path(class_dir)
     class_dir.mkdir(parents=True, exist_ok=True)
     todo = missing_class_indices(class_dir, num_class_images)
@@ -88,9 +82,7 @@ def generate_class_images(
             path = class_dir / class_image_name(k)
             if path.exists():  # appeared meanwhile (another process): never overwrite
                 continue
-            buf = io.BytesIO()
-            img.save(buf, format="PNG")
-            atomic_write_bytes(path, buf.getvalue())
+            save_png(img, path)
             written.append(path)
         bar.update(len(chunk))
     bar.close()
@@ -102,9 +94,6 @@ def ensure_class_images(config, device: str | torch.device | None = None, progre
     if class images are missing, and generate them."""
     if not config.with_prior_preservation or not missing_class_indices(config.class_dir, config.num_class_images):
         return []
-    from .models import load_pipeline
-    from .schedulers import make_scheduler
-
     device = resolve_device(device)
     precision = config.prior_generation_precision
     if precision == "no":  # as in diffusers' script: fp16 where it is usable, else fp32

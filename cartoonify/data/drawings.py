@@ -1,54 +1,23 @@
-"""Offline demo data for the embedded tiny model.
+"""Procedural cartoon drawings: the demo style images, drawn with :mod:`PIL.ImageDraw`.
 
-The real fine-tuning data set (cartoon "Disney style" stills) cannot be
-shipped, so this module draws a small, deterministic stand-in set of
-cartoon-like *style* images with :mod:`PIL.ImageDraw` (flat saturated
-colours, thick dark outlines, simple shapes, white backgrounds) and copies
-two real photos that ship inside scikit-image's wheel to stylize.
-
-Everything here is deterministic (same arguments give byte-identical
-files) and idempotent: files that already exist with identical content are
-left untouched, and a *different* existing file is never overwritten
-(:class:`FileExistsError` is raised naming it).
-
-Command line::
-
-    python -m cartoonify.demo_data OUT_DIR [--size 64] [--n 24] [--seed 0]
+Flat saturated colours, thick dark outlines, simple shapes on a white page, drawn at
+``SUPERSAMPLE`` times the size and downsampled. :func:`render_style_image` is deterministic:
+the same ``(index, size, seed)`` gives the same pixels and caption.
 """
 
 from __future__ import annotations
 
-import argparse
 import colorsys
-import importlib.util
-import io
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = [
-    "STYLE_SUFFIX",
-    "PHOTO_NAMES",
-    "make_style_images",
-    "render_style_image",
-    "demo_photos",
-    "make_demo_dataset",
-    "main",
-]
+__all__ = ["STYLE_SUFFIX", "MIN_SIZE", "render_style_image"]
 
 #: Every caption ends with this suffix (the style token of the prompt).
 STYLE_SUFFIX = ", Disney style"
-
-#: scikit-image data file name -> name written by :func:`demo_photos`.
-PHOTO_NAMES: dict[str, str] = {
-    "astronaut.png": "astronaut.png",
-    "camera.png": "camera.png",
-}
 
 SUPERSAMPLE = 4  # draw at 4x, then downsample with LANCZOS
 MIN_SIZE = 16
@@ -58,52 +27,32 @@ OUTLINE = (34, 28, 46)
 RGB = tuple[int, int, int]
 Point = tuple[float, float]
 
-HAIR_COLOURS: dict[str, RGB] = {
-    "red": (206, 58, 38),
-    "brown": (122, 72, 38),
-    "blonde": (246, 204, 72),
-    "black": (44, 38, 52),
-    "blue": (58, 112, 222),
-    "pink": (242, 108, 172),
-}
-SKIN_TONES: list[RGB] = [
-    (255, 222, 196),
-    (244, 196, 160),
-    (226, 170, 128),
-    (196, 132, 92),
-    (142, 88, 60),
-]
+# Palettes; the order of each dict and list is part of the drawings (indices pick from them).
+HAIR_COLOURS: dict[str, RGB] = {"red": (206, 58, 38), "brown": (122, 72, 38), "blonde": (246, 204, 72),
+                                "black": (44, 38, 52), "blue": (58, 112, 222), "pink": (242, 108, 172)}
+SKIN_TONES: list[RGB] = [(255, 222, 196), (244, 196, 160), (226, 170, 128), (196, 132, 92), (142, 88, 60)]
 EYE_COLOURS: list[RGB] = [(52, 120, 220), (46, 160, 90), (120, 70, 40), (130, 70, 200)]
-FUR_COLOURS: dict[str, RGB] = {
-    "orange": (240, 140, 44),
-    "grey": (150, 150, 162),
-    "brown": (150, 96, 52),
-    "golden": (232, 186, 84),
-    "black": (58, 52, 64),
-}
-ITEM_COLOURS: dict[str, RGB] = {
-    "red": (222, 50, 50),
-    "blue": (52, 110, 222),
-    "purple": (142, 72, 204),
-    "pink": (240, 110, 170),
-    "teal": (30, 168, 160),
-    "yellow": (248, 206, 52),
-}
+FUR_COLOURS: dict[str, RGB] = {"orange": (240, 140, 44), "grey": (150, 150, 162), "brown": (150, 96, 52),
+                               "golden": (232, 186, 84), "black": (58, 52, 64)}
+ITEM_COLOURS: dict[str, RGB] = {"red": (222, 50, 50), "blue": (52, 110, 222), "purple": (142, 72, 204),
+                                "pink": (240, 110, 170), "teal": (30, 168, 160), "yellow": (248, 206, 52)}
 GREEN = (88, 184, 72)
 DARK_GREEN = (52, 140, 60)
 TRUNK = (128, 82, 44)
 PINK = (246, 150, 170)
 
 
-# --------------------------------------------------------------------------
 # colour helpers
-# --------------------------------------------------------------------------
-
-
 def _jitter(rgb: RGB, rng: np.random.Generator, amount: int = 14) -> RGB:
     """Return ``rgb`` with each channel shifted by up to ``amount``."""
     shift = rng.integers(-amount, amount + 1, size=3)
     return tuple(int(np.clip(c + s, 0, 255)) for c, s in zip(rgb, shift))  # type: ignore[return-value]
+
+
+def _pick(palette: dict[str, RGB], rng: np.random.Generator) -> tuple[str, RGB]:
+    """A random colour name from ``palette`` and its colour, jittered by up to 10."""
+    name = list(palette)[int(rng.integers(len(palette)))]
+    return name, _jitter(palette[name], rng, 10)
 
 
 def _hsv(h: float, s: float, v: float) -> RGB:
@@ -137,11 +86,7 @@ def _darker(rgb: RGB, t: float = 0.25) -> RGB:
     return tuple(round(c * (1 - t)) for c in rgb)  # type: ignore[return-value]
 
 
-# --------------------------------------------------------------------------
 # drawing in unit coordinates
-# --------------------------------------------------------------------------
-
-
 @dataclass
 class _Pen:
     """Thin wrapper around ImageDraw using unit coordinates in [0, 1]."""
@@ -221,32 +166,23 @@ def _eye(pen: _Pen, cx: float, cy: float, r: float, iris: RGB) -> None:
     pen.circle(cx + r * 0.2, cy + r * 0.42, r * 0.08, WHITE, outline=False)
 
 
-# --------------------------------------------------------------------------
-# subjects: each draws onto a pen and returns its caption (without suffix)
-# --------------------------------------------------------------------------
-
-
-def _draw_character(pen: _Pen, rng: np.random.Generator, variant: int) -> str:
-    """A modern cartoon girl or boy: round head, big eyes, smile, hair, body."""
-    girl = variant % 2 == 0
-    hair_name = list(HAIR_COLOURS)[variant % len(HAIR_COLOURS)]
-    hair = _jitter(HAIR_COLOURS[hair_name], rng, 10)
-    skin = SKIN_TONES[int(rng.integers(len(SKIN_TONES)))]
-    shirt = _accent(rng, avoid=[hair, skin])
-    iris = EYE_COLOURS[int(rng.integers(len(EYE_COLOURS)))]
-    cx = 0.5 + float(rng.uniform(-0.05, 0.05))
-    cy = float(rng.uniform(0.37, 0.42))
-    r = float(rng.uniform(0.18, 0.21))
-
-    # long hair (girls) hangs behind the shoulders
-    top = cy + r * 0.95
+# subjects: each draws onto a pen and returns its caption (without the suffix)
+def _hair_back(pen: _Pen, girl: bool, cx: float, cy: float, r: float, hair: RGB) -> None:
+    """Hair behind the head; a girl's long hair hangs down to the shoulders."""
     if girl:
+        top = cy + r * 0.95
         pen.rect(cx - r * 1.16, cy - r * 0.2, cx + r * 1.16, top + r * 0.3, hair, radius=r * 0.4)
         pen.circle(cx, cy - r * 0.05, r * 1.16, hair)
         pen.circle(cx, cy - r * 0.05, r * 1.16 - pen.line / pen.scale, hair, outline=False)
     else:
         pen.circle(cx, cy - r * 0.06, r * 1.08, hair)
-    # body (shirt with collar) and neck
+
+
+def _body(pen: _Pen, rng: np.random.Generator, cx: float, cy: float, r: float,
+          colours: tuple[RGB, RGB, RGB]) -> None:
+    """Striped shirt with a collar, and the neck; ``colours`` is (shirt, hair, skin)."""
+    shirt, hair, skin = colours
+    top = cy + r * 0.95
     bw = r * float(rng.uniform(1.05, 1.3))
     pen.rect(cx - bw, top, cx + bw, 0.9, shirt, radius=r * 0.55)
     stripe = _accent(rng, avoid=[shirt, hair, skin])
@@ -258,11 +194,11 @@ def _draw_character(pen: _Pen, rng: np.random.Generator, variant: int) -> str:
     pen.polygon([(cx - r * 0.35, top), (cx + r * 0.35, top), (cx, top + r * 0.45)],
                 _lighter(shirt, 0.5), k=0.7)
     pen.rect(cx - r * 0.22, cy + r * 0.7, cx + r * 0.22, top + r * 0.12, skin, k=0.7)
-    # ears and head
-    for side in (-1, 1):
-        pen.circle(cx + side * r * 0.98, cy + r * 0.1, r * 0.2, skin, k=0.8)
-    pen.circle(cx, cy, r, skin)
-    # fringe on top of the head
+
+
+def _fringe(pen: _Pen, rng: np.random.Generator, girl: bool, cx: float, cy: float, r: float,
+            hair: RGB, shirt: RGB) -> None:
+    """Hair on top of the head: a side parting and a bow, or three spikes."""
     pen.chord(cx, cy - r * 0.42, r * 1.06, r * 0.66, 180, 360, hair)
     if girl:
         pen.chord(cx - r * 0.35, cy - r * 0.5, r * 0.5, r * 0.32, 0, 180, hair, k=0.7)
@@ -279,7 +215,9 @@ def _draw_character(pen: _Pen, rng: np.random.Generator, variant: int) -> str:
                          (x + r * 0.22, cy - r * 0.9)], hair, k=0.7)
         pen.chord(cx, cy - r * 0.42, r * 1.06, r * 0.66, 180, 360, hair, outline=False)
 
-    # face: eyes, brows, cheeks, nose, smile
+
+def _face(pen: _Pen, rng: np.random.Generator, cx: float, cy: float, r: float, iris: RGB) -> None:
+    """Eyes, brows, cheeks, nose and a smile (closed or open)."""
     ey = cy + r * 0.12
     for side in (-1, 1):
         ex = cx + side * r * 0.4
@@ -292,6 +230,26 @@ def _draw_character(pen: _Pen, rng: np.random.Generator, variant: int) -> str:
     else:
         pen.chord(cx, cy + r * 0.55, r * 0.24, r * 0.2, 0, 180, (150, 40, 60), k=0.7)
         pen.ellipse(cx, cy + r * 0.68, r * 0.1, r * 0.05, (236, 110, 120), outline=False)
+
+
+def _draw_character(pen: _Pen, rng: np.random.Generator, variant: int) -> str:
+    """A modern cartoon girl or boy: round head, big eyes, smile, hair, body."""
+    girl = variant % 2 == 0
+    hair_name = list(HAIR_COLOURS)[variant % len(HAIR_COLOURS)]
+    hair = _jitter(HAIR_COLOURS[hair_name], rng, 10)
+    skin = SKIN_TONES[int(rng.integers(len(SKIN_TONES)))]
+    shirt = _accent(rng, avoid=[hair, skin])
+    iris = EYE_COLOURS[int(rng.integers(len(EYE_COLOURS)))]
+    cx = 0.5 + float(rng.uniform(-0.05, 0.05))
+    cy = float(rng.uniform(0.37, 0.42))
+    r = float(rng.uniform(0.18, 0.21))
+    _hair_back(pen, girl, cx, cy, r, hair)
+    _body(pen, rng, cx, cy, r, (shirt, hair, skin))
+    for side in (-1, 1):  # ears, then the head
+        pen.circle(cx + side * r * 0.98, cy + r * 0.1, r * 0.2, skin, k=0.8)
+    pen.circle(cx, cy, r, skin)
+    _fringe(pen, rng, girl, cx, cy, r, hair, shirt)
+    _face(pen, rng, cx, cy, r, iris)
     return f"a cartoon {'girl' if girl else 'boy'} with {hair_name} hair"
 
 
@@ -316,8 +274,7 @@ def _animal_ears(pen: _Pen, species: str, cx: float, cy: float, r: float,
 def _draw_animal(pen: _Pen, rng: np.random.Generator, variant: int) -> str:
     """A sitting cartoon animal (cat, dog, bear, bunny) with ears and snout."""
     species = ("cat", "dog", "bear", "bunny")[variant % 4]
-    fur_name = list(FUR_COLOURS)[int(rng.integers(len(FUR_COLOURS)))]
-    fur = _jitter(FUR_COLOURS[fur_name], rng, 10)
+    fur_name, fur = _pick(FUR_COLOURS, rng)
     muzzle = _lighter(fur, 0.6)
     inner = PINK if species in ("cat", "bunny") else _lighter(fur, 0.45)
     collar = _accent(rng, avoid=[fur])
@@ -379,8 +336,7 @@ def _ground(pen: _Pen, cx: float, y: float, rx: float) -> None:
 
 def _draw_house(pen: _Pen, rng: np.random.Generator, cx: float) -> str:
     """A little house with roof, chimney, door and windows."""
-    roof_name = list(ITEM_COLOURS)[int(rng.integers(len(ITEM_COLOURS)))]
-    roof = _jitter(ITEM_COLOURS[roof_name], rng, 10)
+    roof_name, roof = _pick(ITEM_COLOURS, rng)
     wall = _lighter(_accent(rng, avoid=[roof]), 0.55)
     w, base = float(rng.uniform(0.24, 0.3)), 0.8
     top = base - float(rng.uniform(0.3, 0.36))
@@ -416,8 +372,7 @@ def _draw_tree(pen: _Pen, rng: np.random.Generator, cx: float) -> str:
 
 def _draw_castle(pen: _Pen, rng: np.random.Generator, cx: float) -> str:
     """A fairy-tale castle with cone-roofed towers on a green hill."""
-    roof_name = list(ITEM_COLOURS)[int(rng.integers(len(ITEM_COLOURS)))]
-    roof = _jitter(ITEM_COLOURS[roof_name], rng, 10)
+    roof_name, roof = _pick(ITEM_COLOURS, rng)
     stone = _jitter((226, 218, 236), rng, 8)
     pen.chord(cx, 0.9, 0.4, 0.22, 180, 360, GREEN)
     pen.rect(cx - 0.17, 0.5, cx + 0.17, 0.76, stone)
@@ -438,8 +393,7 @@ def _draw_castle(pen: _Pen, rng: np.random.Generator, cx: float) -> str:
 
 def _draw_cup(pen: _Pen, rng: np.random.Generator, cx: float) -> str:
     """A teacup on a saucer with steam and a heart."""
-    name = list(ITEM_COLOURS)[int(rng.integers(len(ITEM_COLOURS)))]
-    cup = _jitter(ITEM_COLOURS[name], rng, 10)
+    name, cup = _pick(ITEM_COLOURS, rng)
     saucer = _lighter(_accent(rng, avoid=[cup]), 0.3)
     pen.ellipse(cx, 0.78, 0.3, 0.06, saucer)
     inset = pen.line / pen.scale
@@ -523,17 +477,9 @@ def _draw_landscape(pen: _Pen, rng: np.random.Generator, variant: int) -> str:
     return caption
 
 
+#: Subject drawers, cycled by image index.
 SUBJECTS: tuple[Callable[[_Pen, np.random.Generator, int], str], ...] = (
-    _draw_character,
-    _draw_animal,
-    _draw_object,
-    _draw_landscape,
-)
-
-
-# --------------------------------------------------------------------------
-# rendering and idempotent writing
-# --------------------------------------------------------------------------
+    _draw_character, _draw_animal, _draw_object, _draw_landscape)
 
 
 def render_style_image(index: int, size: int = 512, seed: int = 0) -> tuple[Image.Image, str]:
@@ -554,135 +500,3 @@ def render_style_image(index: int, size: int = 512, seed: int = 0) -> tuple[Imag
     caption = subject(pen, rng, index // len(SUBJECTS))
     return img.resize((size, size), Image.LANCZOS), caption + STYLE_SUFFIX
 
-
-def _png_bytes(img: Image.Image) -> bytes:
-    """Encode ``img`` as PNG deterministically (no metadata)."""
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _check_writable(path: Path, data: bytes) -> bool:
-    """True if ``path`` must be written; False if it already holds ``data``.
-
-    Raises FileExistsError if a different file already exists there.
-    """
-    if not path.exists():
-        return True
-    if path.is_file() and path.read_bytes() == data:
-        return False
-    raise FileExistsError(f"refusing to overwrite different existing file: {path}")
-
-
-def _write_all(files: Sequence[tuple[Path, bytes]]) -> None:
-    """Write ``files`` idempotently: check every target first, then write.
-
-    Nothing is written if any target conflicts; identical files are not
-    touched (their mtime is preserved).
-    """
-    todo = [(p, d) for p, d in files if _check_writable(p, d)]
-    for path, data in todo:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
-def make_style_images(out_dir: str | os.PathLike[str], n: int = 24, size: int = 512,
-                      seed: int = 0, captions: bool = True) -> list[Path]:
-    """Draw ``n`` deterministic cartoon style images into ``out_dir``.
-
-    Files are ``style-000.png`` ... plus, if ``captions``, a matching
-    ``style-000.txt`` holding the full training prompt (ending with
-    ``", Disney style"``).  Returns the image paths in order.
-    """
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    out = Path(out_dir)
-    files: list[tuple[Path, bytes]] = []
-    images: list[Path] = []
-    for i in range(n):
-        img, caption = render_style_image(i, size=size, seed=seed)
-        path = out / f"style-{i:03d}.png"
-        images.append(path)
-        files.append((path, _png_bytes(img)))
-        if captions:
-            files.append((path.with_suffix(".txt"), caption.encode("utf-8")))
-    out.mkdir(parents=True, exist_ok=True)
-    _write_all(files)
-    return images
-
-
-def _skimage_data_dir() -> Path:
-    """Folder of scikit-image's bundled data, without importing skimage if possible."""
-    try:
-        spec = importlib.util.find_spec("skimage")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
-        raise ImportError("demo_photos() needs scikit-image's bundled photos; "
-                          "install it with `pip install scikit-image`")
-    for location in spec.submodule_search_locations or []:
-        folder = Path(location) / "data"
-        if all((folder / name).is_file() for name in PHOTO_NAMES):
-            return folder
-    import skimage.data  # fallback: heavier, but knows its own data_dir
-
-    folder = Path(skimage.data.data_dir)
-    missing = [name for name in PHOTO_NAMES if not (folder / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"scikit-image data files {missing} not found in {folder}")
-    return folder
-
-
-def demo_photos(out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Copy scikit-image's astronaut and camera photos to ``out_dir`` as RGB PNGs.
-
-    Returns ``[out_dir/astronaut.png, out_dir/camera.png]``.
-    """
-    src = _skimage_data_dir()
-    out = Path(out_dir)
-    files: list[tuple[Path, bytes]] = []
-    for name, target in PHOTO_NAMES.items():
-        with Image.open(src / name) as im:
-            files.append((out / target, _png_bytes(im.convert("RGB"))))
-    out.mkdir(parents=True, exist_ok=True)
-    _write_all(files)
-    return [p for p, _ in files]
-
-
-def make_demo_dataset(root: str | os.PathLike[str], size: int = 512, n: int = 24,
-                      seed: int = 0) -> dict[str, Path]:
-    """Create ``root/instance`` (captioned style images) and ``root/photos``."""
-    root = Path(root)
-    instance_dir, photos_dir = root / "instance", root / "photos"
-    make_style_images(instance_dir, n=n, size=size, seed=seed, captions=True)
-    demo_photos(photos_dir)
-    return {"instance_dir": instance_dir, "photos_dir": photos_dir}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: write the demo data set to OUT_DIR and print what is there."""
-    parser = argparse.ArgumentParser(prog="python -m cartoonify.demo_data",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir", type=Path, help="root folder for instance/ and photos/")
-    parser.add_argument("--size", type=int, default=512, help="style image size in pixels")
-    parser.add_argument("--n", type=int, default=24, help="number of style images")
-    parser.add_argument("--seed", type=int, default=0, help="random seed for the drawings")
-    args = parser.parse_args(argv)
-    dirs = make_demo_dataset(args.out_dir, size=args.size, n=args.n, seed=args.seed)
-    for key, folder in dirs.items():
-        names = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
-        print(f"{key}: {folder} ({len(names)} files)")
-        for name in names:
-            print(f"  {name}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

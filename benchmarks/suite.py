@@ -1,0 +1,106 @@
+"""The ``tiny`` and ``sd15`` suites: every training variant in rounds, each run in its own process, then
+(unless ``--only``) class-image generation, the optimizer step and validation; optionally a profile.
+
+- ``tiny`` (CPU or GPU): the embedded model at 64 px, batch 4 + 4 class images, text encoder trained,
+  8-bit AdamW; each optimisation on and off.
+- ``sd15`` (GPU): SD1.5's architecture with random weights at 512 px, fp16 mixed precision, with and
+  without gradient checkpointing; MFU from ``torch.utils.flop_counter`` against a measured matmul peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .common import environment
+from .fixtures import base_config, prepare_sd15, prepare_tiny
+from .workers import run_worker
+
+# name -> TrainConfig overrides relative to the default (every optimisation on)
+TINY_VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "no_cache_latents": {"cache_latents": False},
+    "no_sdpa": {"use_sdpa": False},
+    "gradient_checkpointing": {"gradient_checkpointing": True},
+    "grads_zeroed_not_none": {"set_grads_to_none": False},
+    "torch_adamw": {"use_8bit_adam": False},
+    "compile_unet": {"compile_unet": True},
+    "unfused_small_adam_updates": {"fuse_small_adam_updates": False},
+}
+SD15_VARIANTS: dict[str, dict[str, Any]] = {
+    "gradient_checkpointing": {"gradient_checkpointing": True},
+    "no_gradient_checkpointing": {},
+    "gradient_checkpointing_no_cache_latents": {"gradient_checkpointing": True, "cache_latents": False},
+    "gradient_checkpointing_no_channels_last": {"gradient_checkpointing": True, "channels_last": False},
+}
+
+
+def merge_rounds(results: list[dict]) -> dict[str, Any]:
+    """One variant's row from its rounds: steps/s from the median step over all rounds (a slow spell of
+    the machine moves it less than a mean would), the largest peak memory; failed rounds kept apart."""
+    ok = [x for x in results if "error" not in x]
+    if not ok:
+        return results[-1]
+    seconds = [t for x in ok for t in x["step_seconds"]]
+    row = {**ok[-1], "steps_per_s_repeats": [rate for x in ok for rate in x["steps_per_s_repeats"]],
+           "step_seconds": seconds, "steps_per_s": 1.0 / statistics.median(seconds),
+           "peak_memory_bytes": max(x["peak_memory_bytes"] for x in ok)}
+    row["images_per_s"] = row["steps_per_s"] * ok[-1]["images_per_s"] / ok[-1]["steps_per_s"]
+    if "mfu" in row:
+        row["mfu"] = row["flops_per_step"] * row["steps_per_s"] / max(x["peak_flops_per_s"] for x in ok)
+    if len(ok) < len(results):
+        row["failed_rounds"] = [x["error"] for x in results if "error" in x]
+    return row
+
+
+def run_variants(variants: dict[str, dict], config, args: argparse.Namespace, flops: bool = False) -> list[dict]:
+    """Each variant ``args.rounds`` times, in rounds (every variant once per round), each run in its own
+    process; so a machine that is slower for a while slows every variant alike."""
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    for r in range(args.rounds):
+        for name, overrides in variants.items():
+            print(f"[{args.config}] training: {name} (round {r + 1}/{args.rounds}) ...", flush=True)
+            runs[name].append(run_worker("train", name, config, overrides, args, flops=flops))
+    return [merge_rounds(results) for results in runs.values()]
+
+
+def recorded_settings(args: argparse.Namespace, config) -> dict[str, Any]:
+    """What was run, not where: the scratch paths of the machine stay out of the results."""
+    return {"warmup": args.warmup, "steps": args.steps, "repeats": args.repeats, "rounds": args.rounds,
+            **config.to_dict(), "pretrained_model": "embedded:tiny" if args.config == "tiny" else "sd15-random",
+            "instance_dir": "<work>/instance", "class_dir": "<work>/class", "output_dir": "<work>/run"}
+
+
+def run_parts(config, args: argparse.Namespace) -> dict[str, Any]:
+    """Class-image generation, the optimizer step and validation, each in its own process."""
+    print(f"[{args.config}] class-image generation ...", flush=True)
+    out = {"class_generation": run_worker("class_generation", "batched", config, {}, args)}
+    print(f"[{args.config}] optimizer step ...", flush=True)
+    out["optimizer_step"] = run_worker("optimizer", "optimizer", config, {}, args)
+    print(f"[{args.config}] validation ...", flush=True)
+    out["validation"] = run_worker("validation", "validation", config.replace(num_validation_images=4), {}, args)
+    return out
+
+
+def run_suite(args: argparse.Namespace) -> dict[str, Any]:
+    """All variants of ``args.config`` ("tiny" or "sd15"), each in its own process."""
+    work = Path(args.work or tempfile.mkdtemp(prefix="cartoonify-bench-")).resolve()
+    paths = prepare_tiny(work)
+    if args.config == "sd15":
+        paths["model"] = prepare_sd15(work)
+    config = base_config(args.config, paths)
+    variants = TINY_VARIANTS if args.config == "tiny" else SD15_VARIANTS
+    if args.only:
+        variants = {k: v for k, v in variants.items() if k in args.only}
+    results: dict[str, Any] = {"config": args.config, "settings": recorded_settings(args, config),
+                               "environment": environment()}
+    results["training"] = run_variants(variants, config, args, flops=args.config == "sd15")
+    if args.profile:
+        print(f"[{args.config}] profile of the default ...", flush=True)
+        results["profile"] = run_worker("profile", "default", config, {}, args)
+    if not args.only:
+        results.update(run_parts(config, args))
+    return results

@@ -1,0 +1,46 @@
+"""Typed settings: dataclasses whose defaults are the write-up's, strict about keys and types; no torch.
+
+* :mod:`.core`: the shared machinery (dict/YAML/JSON round trip, choice checks, ``--key value`` overrides);
+* :mod:`.training`: :class:`TrainConfig` and the model defaults;
+* :mod:`.samplers`: the sampler registry as data;
+* :mod:`.collect`: :class:`CollectConfig`;
+* :mod:`.stages`: the other notebooks' configs and the papermill parameter files.
+"""
+
+from .collect import CollectConfig
+from .core import (
+    ConfigBase,
+    ConfigError,
+    check_at_least,
+    check_choice,
+    coerce,
+    load_mapping,
+    parse_overrides,
+    resumable,
+    resumable_fields,
+    save_mapping,
+)
+from .samplers import DEFAULT_SCHEDULERS, SCHEDULERS, SchedulerSpec, check_scheduler, scheduler_label, scheduler_spec
+from .stages import (
+    PARAMETER_CONFIGS,
+    CompareConfig,
+    EvalConfig,
+    RunConfig,
+    StylizeConfig,
+    load_parameters,
+    parameter_types,
+    train_config_from_parameters,
+)
+from .training import (
+    DEFAULT_MODEL,
+    DEFAULT_REVISION,
+    DEFAULT_VARIANT,
+    LR_SCHEDULERS,
+    MIXED_PRECISIONS,
+    PRIOR_PRECISIONS,
+    TINY_MODEL,
+    TrainConfig,
+    resumable_changes,
+)
+
+__all__ = [n for n in dir() if not n.startswith("_")]

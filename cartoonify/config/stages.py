@@ -1,0 +1,124 @@
+"""The notebooks' settings: each notebook's ``parameters`` cell holds the fields of its dataclass(es).
+
+A papermill parameters file (``configs/demo.yaml``) is checked against all of them at once
+(:func:`load_parameters`): a name shared by two configs has one meaning.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .collect import CollectConfig
+from .core import ConfigBase, ConfigError, _did_you_mean, check_choice, coerce, load_mapping
+from .samplers import DEFAULT_SCHEDULERS, check_scheduler
+from .training import TrainConfig
+
+@dataclass
+class RunConfig(ConfigBase):
+    """Where a run lives, ``<outputs_dir>/<run_name>``; shared by every notebook."""
+
+    run_name: str = "disney"
+    outputs_dir: str = "outputs"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.outputs_dir) / self.run_name
+
+
+@dataclass
+class EvalConfig(ConfigBase):
+    """03_evaluate: rate every checkpoint's validation images."""
+
+    interactive: bool = True  # show the rating widget (False under papermill: summary only)
+    rater: str = ""  # pre-filled rater name
+    blind: bool = True  # hide the step and shuffle the images
+    rating_seed: int = 0  # seed of the blind order
+    rating_mode: str = "image"  # "image": one at a time, "grid": a checkpoint's images side by side
+    bootstrap_resamples: int = 10000  # resamples of the 95% confidence interval
+
+    def validate(self):
+        check_choice("rating_mode", self.rating_mode, ("image", "grid"))
+        if self.bootstrap_resamples < 100:
+            raise ConfigError(f"config key 'bootstrap_resamples' must be >= 100, got {self.bootstrap_resamples}")
+        return self
+
+
+@dataclass
+class CompareConfig(ConfigBase):
+    """04_compare_schedulers: the same checkpoint, prompts and seeds under every sampler."""
+
+    compare_checkpoint: str = "best"  # "best" (highest mean rating), "latest", "pipeline" or "checkpoint-<step>"
+    compare_schedulers: list[str] = field(default_factory=lambda: list(DEFAULT_SCHEDULERS))
+    compare_prompts: list[str] = field(
+        default_factory=lambda: ["a person, Disney style", "a castle on a hill, Disney style"]
+    )
+    compare_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    compare_steps: int = 25  # denoising steps, or model evaluations when compare_budget is "evals"
+    compare_budget: str = "steps"  # "steps": equal steps; "evals": equal model evaluations (Heun: 2 a step)
+    compare_guidance_scale: float = 7.5
+
+    def validate(self):
+        check_choice("compare_budget", self.compare_budget, ("steps", "evals"))
+        for name in self.compare_schedulers:
+            check_scheduler("compare_schedulers", name)
+        for key in ("compare_schedulers", "compare_prompts", "compare_seeds"):
+            if not getattr(self, key):
+                raise ConfigError(f"config key '{key}' must not be empty")
+        if self.compare_steps < 1:
+            raise ConfigError(f"config key 'compare_steps' must be >= 1, got {self.compare_steps}")
+        return self
+
+
+@dataclass
+class StylizeConfig(ConfigBase):
+    """05_stylize: photos of people -> the trained style, by img2img."""
+
+    stylize_checkpoint: str = "best"  # as compare_checkpoint
+    photos_dir: str = "data/photos"
+    stylize_prompt: str = "a person, Disney style"
+    stylize_strengths: list[float] = field(default_factory=lambda: [0.3, 0.45, 0.6, 0.75])
+    stylize_scheduler: str = "euler_a"  # the write-up's comparison judged Euler Ancestral best
+    stylize_steps: int = 50
+    stylize_guidance_scale: float = 7.5
+    stylize_seed: int = 0
+
+    def validate(self):
+        if not self.stylize_strengths or not all(0 < s <= 1 for s in self.stylize_strengths):
+            raise ConfigError(f"config key 'stylize_strengths' must be values in (0, 1], got {self.stylize_strengths}")
+        check_scheduler("stylize_scheduler", self.stylize_scheduler)
+        return self
+
+
+PARAMETER_CONFIGS: tuple[type, ...] = (RunConfig, CollectConfig, TrainConfig, EvalConfig, CompareConfig, StylizeConfig)
+
+
+def parameter_types() -> dict[str, Any]:
+    """Every notebook parameter name with its type (a name shared by two configs has one meaning)."""
+    out: dict[str, Any] = {}
+    for cls in PARAMETER_CONFIGS:
+        for name, tp in typing.get_type_hints(cls).items():
+            out.setdefault(name, tp)
+    return out
+
+
+def load_parameters(source: str | Path | dict[str, Any]) -> dict[str, Any]:
+    """A papermill parameters file (``configs/demo.yaml``) or dict, checked: every key must be a field of
+    one of :data:`PARAMETER_CONFIGS`, with a value of its type. Returns the coerced values."""
+    data = load_mapping(source) if not isinstance(source, dict) else dict(source)
+    types_ = parameter_types()
+    unknown = [k for k in data if k not in types_]
+    if unknown:
+        where = f" in {source}" if not isinstance(source, dict) else ""
+        raise ConfigError(f"unknown parameter {unknown[0]!r}{where}" + _did_you_mean(unknown[0], list(types_)))
+    return {k: coerce(k, v, types_[k]) for k, v in data.items()}
+
+
+def train_config_from_parameters(params: dict[str, Any], **overrides: Any) -> TrainConfig:
+    """The run's TrainConfig from notebook parameters: its fields, with ``output_dir`` the run folder
+    (``<outputs_dir>/<run_name>``) unless given."""
+    if "output_dir" not in params and "output_dir" not in overrides and "run_name" in params:
+        overrides["output_dir"] = str(RunConfig.from_parameters(params).run_dir)
+    return TrainConfig.from_parameters(params, **overrides)

@@ -1,0 +1,131 @@
+"""The settings of one DreamBooth run (:class:`TrainConfig`); the defaults are the write-up's.
+
+Stable Diffusion v1.5, ~200 style images, prior preservation with 1000 class images, text encoder
+trained, 8-bit AdamW at a constant 1e-6, fp16, 4000 steps, a checkpoint and validation images every 500
+steps, seed 42. Fields made with :func:`~cartoonify.config.core.resumable` may change when a run is
+resumed; any other difference from the saved ``config.json`` is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .core import ConfigBase, ConfigError, check_at_least, check_choice, resumable, resumable_fields
+from .samplers import check_scheduler
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_REVISION = "main"
+DEFAULT_VARIANT = "fp16"
+TINY_MODEL = "embedded:tiny"
+
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+PRIOR_PRECISIONS = ("no", "fp32", "fp16", "bf16")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+
+
+@dataclass
+class TrainConfig(ConfigBase):
+    """Settings of one DreamBooth run; the defaults are the write-up's.
+
+    Paths are used as given (relative paths are relative to the working directory of the process).
+    """
+
+    # --- model -----------------------------------------------------------------------------------
+    pretrained_model: str = DEFAULT_MODEL  # hub id, local diffusers folder, or "embedded:tiny"
+    revision: str = DEFAULT_REVISION
+    variant: Optional[str] = DEFAULT_VARIANT  # weight variant; ignored for local folders that lack it
+
+    # --- data ------------------------------------------------------------------------------------
+    instance_dir: str = "data/disney/images"  # the ~200 style images, as 01_collect writes them (+ captions)
+    class_dir: str = "data/style_ddim"  # class images for prior preservation (topped up if short)
+    instance_prompt: str = "an illustration, Disney style"  # used where an image has no caption
+    class_prompt: str = "an illustration"  # the instance prompt without the style phrase
+    num_class_images: int = 1000
+    with_prior_preservation: bool = True
+    prior_loss_weight: float = 1.0
+    resolution: int = 512
+    center_crop: bool = True
+    sample_batch_size: int = 4  # batch size of class-image generation
+    class_inference_steps: int = 50  # denoising steps per class image (the pipeline's default)
+    class_scheduler: Optional[str] = None  # sampler of class images; None: the model's own (PNDM)
+
+    # --- training --------------------------------------------------------------------------------
+    train_text_encoder: bool = True
+    train_batch_size: int = 4  # instance images per step (as many class images are added)
+    max_train_steps: int = resumable(4000)  # optimizer steps; governs over epochs, as in diffusers' script
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = resumable(False)
+    set_grads_to_none: bool = resumable(True)
+    dataloader_num_workers: int = resumable(0)
+
+    # --- speed (each switch is measured on and off by `python -m cartoonify.bench`) ---------------
+    cache_latents: bool = resumable(True)  # encode each image once (mean, std); a fresh posterior sample per step
+    offload_vae: bool = resumable(True)  # with cached latents, keep the VAE off the GPU except for validation
+    use_sdpa: bool = resumable(True)  # PyTorch scaled-dot-product attention (False: diffusers' classic attention)
+    channels_last: bool = resumable(True)  # channels-last memory format for the UNet (CUDA)
+    allow_tf32: bool = resumable(True)  # TF32 matmuls on Ampere and newer GPUs
+    compile_unet: bool = resumable(False)  # torch.compile the UNet
+
+    # --- optimizer -------------------------------------------------------------------------------
+    use_8bit_adam: bool = True
+    fuse_small_adam_updates: bool = True  # 8-bit Adam: the tensors it keeps in 32-bit updated in one fused call
+    learning_rate: float = 1e-6
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+
+    # --- checkpoints and logs --------------------------------------------------------------------
+    output_dir: str = resumable("outputs/disney")  # the run folder, outputs/<run>
+    checkpointing_steps: int = resumable(500)
+    checkpoints_total_limit: Optional[int] = resumable(None)  # keep at most this many checkpoints (None: all)
+    resume_from_checkpoint: Optional[str] = resumable(None)  # "latest", a checkpoint folder name, or None
+    logging_dir: str = "logs"  # inside the run folder
+    disk_check: str = resumable("refuse")  # before training: "refuse" or "warn" if the run needs more disk than is free
+    allow_pickle: bool = resumable(False)  # load pickle files (.bin/.ckpt/.pt) from checkpoints; only if you trust them
+    report_to: str = resumable("tensorboard")  # "tensorboard" or "none"
+
+    # --- precision -------------------------------------------------------------------------------
+    mixed_precision: str = "fp16"  # "no", "fp16", "bf16"; fp16 falls back to fp32 on CPU
+    prior_generation_precision: str = "fp16"  # class-image dtype; "no": fp16 on CUDA, else fp32
+
+    # --- validation ------------------------------------------------------------------------------
+    validation_prompt: str = resumable("a person, Disney style")
+    num_validation_images: int = resumable(4)
+    validation_scheduler: str = resumable("PNDMScheduler")  # any diffusers scheduler class or registry name
+    validation_inference_steps: int = resumable(25)  # as in diffusers' DreamBooth script
+    validation_guidance_scale: float = resumable(7.5)
+    save_final_pipeline: bool = resumable(True)  # write outputs/<run>/pipeline/ at the end
+
+    seed: int = 42
+
+    def validate(self) -> "TrainConfig":
+        """Check values that a type alone cannot (choices, positive counts). Returns self."""
+        check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
+        check_choice("prior_generation_precision", self.prior_generation_precision, PRIOR_PRECISIONS)
+        check_choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
+        check_choice("report_to", self.report_to, ("tensorboard", "none"))
+        check_choice("disk_check", self.disk_check, ("refuse", "warn", "off"))
+        check_at_least(self, 1, "resolution", "train_batch_size", "max_train_steps", "gradient_accumulation_steps",
+                       "checkpointing_steps", "sample_batch_size", "class_inference_steps", "validation_inference_steps")
+        check_at_least(self, 0, "num_class_images", "num_validation_images", "lr_warmup_steps", "dataloader_num_workers")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"config key 'learning_rate' must be > 0, got {self.learning_rate!r}")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise ConfigError("config key 'checkpoints_total_limit' must be >= 1 or null")
+        if self.with_prior_preservation and self.num_class_images < 1:
+            raise ConfigError("config key 'num_class_images' must be >= 1 when with_prior_preservation is true")
+        if self.resolution % 8:
+            raise ConfigError(f"config key 'resolution' must be a multiple of 8, got {self.resolution}")
+        check_scheduler("validation_scheduler", self.validation_scheduler)
+        check_scheduler("class_scheduler", self.class_scheduler)
+        return self
+
+
+def resumable_changes() -> frozenset[str]:
+    """The :class:`TrainConfig` keys that may differ from the saved config when a run is resumed."""
+    return resumable_fields(TrainConfig)

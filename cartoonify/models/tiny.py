@@ -1,0 +1,283 @@
+"""The embedded tiny model (``embedded:tiny``): a deterministic miniature SD pipeline in diffusers format,
+written by the package so that tests and the demo need no download, loaded through the same
+``from_pretrained`` path as a real model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..config import TINY_MODEL
+from .pipeline import pipeline_from_modules
+from .sd15 import SD15_SCHEDULER_CONFIG
+from .tokenizer import MODEL_MAX_LENGTH, write_bpe_files, write_tiny_tokenizer
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+
+# Name of the marker file that records how a tiny model folder was built.
+TINY_MARKER = "cartoonify_tiny.json"
+# Bump when the tiny model's layout changes so that stale caches are not reused.
+TINY_FORMAT_VERSION = 1
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tiny model architecture (the classic tiny pipeline of diffusers' StableDiffusionPipeline fast tests).
+# --------------------------------------------------------------------------------------------------------------------
+
+TINY_CROSS_ATTENTION_DIM = 32
+
+
+def tiny_unet_config(resolution: int = 64) -> dict[str, Any]:
+    """Returns the tiny UNet's config; latents are ``resolution // 2`` because the tiny VAE downsamples by 2."""
+    return {
+        "block_out_channels": (32, 64),
+        "layers_per_block": 2,
+        "sample_size": resolution // 2,
+        "in_channels": 4,
+        "out_channels": 4,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+        "cross_attention_dim": TINY_CROSS_ATTENTION_DIM,
+    }
+
+
+def tiny_vae_config(resolution: int = 64) -> dict[str, Any]:
+    """Returns the tiny VAE's config (two blocks, so a downsample factor of 2)."""
+    return {
+        "block_out_channels": [32, 64],
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        "latent_channels": 4,
+        "sample_size": resolution,
+    }
+
+
+def tiny_text_encoder_config(vocab_size: int) -> dict[str, Any]:
+    """Returns the tiny CLIP text encoder's config; special token ids match :func:`tiny_vocab`'s layout."""
+    return {
+        "bos_token_id": vocab_size - 2,
+        "eos_token_id": vocab_size - 1,
+        "pad_token_id": vocab_size - 1,
+        "hidden_size": TINY_CROSS_ATTENTION_DIM,
+        "intermediate_size": 37,
+        "layer_norm_eps": 1e-05,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "vocab_size": vocab_size,
+        "max_position_embeddings": MODEL_MAX_LENGTH,
+    }
+
+
+def tiny_safety_checker_config() -> dict[str, Any]:
+    """Returns a tiny ``CLIPConfig`` (as keyword arguments) for a randomly initialised safety checker."""
+    return {
+        "text_config": {
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "vocab_size": 99,
+            "bos_token_id": 0,
+            "eos_token_id": 2,
+            "pad_token_id": 1,
+            "max_position_embeddings": MODEL_MAX_LENGTH,
+        },
+        "vision_config": {
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "image_size": 32,
+            "patch_size": 4,
+        },
+        "projection_dim": 32,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tiny model construction.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _seeded(seed: int) -> None:
+    """Seeds torch's CPU RNG (callers wrap this in ``torch.random.fork_rng`` to keep the global state intact)."""
+    torch.manual_seed(seed)
+
+
+def _tiny_marker(resolution: int, seed: int, with_safety_checker: bool) -> dict[str, Any]:
+    """Returns the marker contents that identify a tiny model build."""
+    return {
+        "format_version": TINY_FORMAT_VERSION,
+        "resolution": int(resolution),
+        "seed": int(seed),
+        "with_safety_checker": bool(with_safety_checker),
+    }
+
+
+def _read_marker(path: Path) -> dict[str, Any] | None:
+    """Returns the tiny-model marker of ``path``, or ``None`` if it has none or it is unreadable."""
+    try:
+        return json.loads((path / TINY_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _is_complete_tiny(path: Path, marker: dict[str, Any]) -> bool:
+    """Whether ``path`` holds a complete tiny model built with exactly ``marker``'s parameters."""
+    return path.is_dir() and (path / "model_index.json").is_file() and _read_marker(path) == marker
+
+
+def _build_tiny_safety_checker(seed: int) -> tuple[Any, Any]:
+    """Builds a tiny randomly initialised ``StableDiffusionSafetyChecker`` and a matching feature extractor."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    _seeded(seed)
+    safety_checker = StableDiffusionSafetyChecker(CLIPConfig(**tiny_safety_checker_config())).eval()
+    size = tiny_safety_checker_config()["vision_config"]["image_size"]
+    feature_extractor = CLIPImageProcessor(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+    )
+    return safety_checker, feature_extractor
+
+
+def _build_tiny_pipeline(
+    tokenizer: Any, resolution: int, seed: int, with_safety_checker: bool
+) -> "StableDiffusionPipeline":
+    """Builds the tiny pipeline in memory, re-seeding before each randomly initialised component."""
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    _seeded(seed)
+    unet = UNet2DConditionModel(**tiny_unet_config(resolution))
+    _seeded(seed)
+    vae = AutoencoderKL(**tiny_vae_config(resolution))
+    _seeded(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_text_encoder_config(len(tokenizer))))
+    # from_config (not __init__) keeps SD1.5's extra ``clip_sample: false`` key, which DDPMScheduler later reads.
+    scheduler = PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG)
+    safety_checker, feature_extractor = (
+        _build_tiny_safety_checker(seed) if with_safety_checker else (None, None)
+    )
+    return pipeline_from_modules(
+        unet, text_encoder, vae, tokenizer, scheduler, safety_checker, feature_extractor, with_safety_checker
+    )
+
+
+def _write_tiny(target: Path, resolution: int, seed: int, with_safety_checker: bool) -> None:
+    """Writes a complete tiny model (and finally its marker) into the empty folder ``target``."""
+    tokenizer = write_tiny_tokenizer(target / "tokenizer")
+    with torch.random.fork_rng(devices=[]):
+        pipeline = _build_tiny_pipeline(tokenizer, resolution, seed, with_safety_checker)
+    pipeline.save_pretrained(target, safe_serialization=True)
+    write_bpe_files(target / "tokenizer")
+    marker = _tiny_marker(resolution, seed, with_safety_checker)
+    (target / TINY_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def build_tiny(
+    path: str | os.PathLike,
+    resolution: int = 64,
+    seed: int = 0,
+    overwrite: bool = False,
+    with_safety_checker: bool = False,
+) -> Path:
+    """Writes a deterministic, randomly initialised miniature SD pipeline (diffusers format) to ``path``.
+
+    The folder loads with ``StableDiffusionPipeline.from_pretrained(path)``. The model is built in a temporary folder
+    beside ``path`` and renamed into place, so readers never see a half-written model. The caller's global torch RNG
+    state is left untouched.
+
+    Args:
+        path: Destination folder.
+        resolution: Image resolution in pixels (the latents are ``resolution // 2``); must be a multiple of 8.
+        seed: Seed for the random initialisation of every component.
+        overwrite: Replace whatever ``path`` holds if it is not this exact tiny model.
+        with_safety_checker: Include a tiny random ``StableDiffusionSafetyChecker`` and its feature extractor.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        FileExistsError: If ``path`` exists, is not an empty folder nor this exact tiny model, and ``overwrite`` is
+            False.
+    """
+    if resolution <= 0 or resolution % 8:
+        raise ValueError(f"resolution must be a positive multiple of 8, got {resolution}")
+    path = Path(path).expanduser()
+    marker = _tiny_marker(resolution, seed, with_safety_checker)
+    if _is_complete_tiny(path, marker):
+        return path
+    _check_replaceable(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        _write_tiny(tmp, resolution, seed, with_safety_checker)
+        _move_into_place(tmp, path, marker)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _check_replaceable(path: Path, overwrite: bool) -> None:
+    """Raises ``FileExistsError`` if ``path`` holds something other than an empty folder and overwrite is off."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{path} already exists and is not a tiny model built with these parameters; "
+            "pass overwrite=True to replace it"
+        )
+
+
+def _move_into_place(tmp: Path, path: Path, marker: dict[str, Any]) -> None:
+    """Renames the finished build ``tmp`` to ``path``, replacing an empty folder or an overwritable old one.
+
+    If a concurrent build put the same model there first, ``tmp`` is left for the caller to delete.
+    """
+    if _is_complete_tiny(path, marker):
+        return
+    if path.exists() or path.is_symlink():
+        trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+        os.replace(path, trash / path.name)
+        try:
+            _rename_or_accept(tmp, path, marker)
+        finally:
+            shutil.rmtree(trash, ignore_errors=True)
+    else:
+        _rename_or_accept(tmp, path, marker)
+
+
+def _rename_or_accept(tmp: Path, path: Path, marker: dict[str, Any]) -> None:
+    """Renames ``tmp`` to ``path``; losing the race to an identical concurrent build is not an error."""
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        if not _is_complete_tiny(path, marker):
+            raise
+
+
+def tiny_model_path(resolution: int = 64) -> Path:
+    """Returns the cache folder of the embedded tiny model (``$CARTOONIFY_HOME`` or ``~/.cache/cartoonify``)."""
+    home = Path(os.environ.get("CARTOONIFY_HOME", "~/.cache/cartoonify")).expanduser()
+    return home / f"tiny-sd-{resolution}"
+
+
+def resolve_model(name_or_path: str, resolution: int = 64) -> str:
+    """Returns ``name_or_path`` unchanged, or for ``TINY_MODEL`` the (built if needed) tiny model's folder."""
+    if str(name_or_path) != TINY_MODEL:
+        return str(name_or_path)
+    return str(build_tiny(tiny_model_path(resolution), resolution=resolution))
+

@@ -1,0 +1,298 @@
+"""One home for the run folder's layout, ``outputs/<run>/``: every path of a run is spelled here.
+
+::
+
+    config.json, run_info.json
+    checkpoints/checkpoint-<step>/   a checkpoint; complete when its marker checkpoint.json is there
+    validation/step-<step>/          image-XX.png, grid.png, images.json
+    logs/                            TensorBoard events, train_log.csv
+    pipeline/                        the fine-tuned pipeline (diffusers format)
+    ratings.csv                      every human rating
+    schedulers/<checkpoint>/         the scheduler comparison: <scheduler>/images.json, timing.csv
+    stylized/<checkpoint>/           stylized photos, stylized.json
+    figures/                         the notebooks' figures and tables
+    notebooks/                       the executed notebooks
+
+The files *inside* a checkpoint (weights, optimizer, RNG) are named by
+:mod:`cartoonify.training.checkpoint`; this module knows the folders, the completeness marker and its
+checksums, so that listing and resolving checkpoints needs no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, TrainConfig
+from .utils import sha256_file, write_json
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+RUN_INFO_FILE = "run_info.json"
+MARKER = "checkpoint.json"  # the last file of a checkpoint: its presence means the save completed
+IMAGES_JSON = "images.json"  # the record of a folder of generated images
+TRAIN_LOG = "train_log.csv"
+CHECKPOINT_PREFIX = "checkpoint-"
+VALIDATION_PREFIX = "step-"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is incomplete, damaged, unsafe to load, or does not fit the model."""
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The paths of one run folder. ``logging_dir`` is the run's :attr:`TrainConfig.logging_dir`."""
+
+    run_dir: Path
+    logging_dir: str = "logs"
+
+    def __post_init__(self):
+        object.__setattr__(self, "run_dir", Path(self.run_dir))
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> "RunLayout":
+        return cls(Path(config.output_dir), config.logging_dir)
+
+    @property
+    def config(self) -> Path:
+        return self.run_dir / CONFIG_FILE
+
+    @property
+    def run_info(self) -> Path:
+        return self.run_dir / RUN_INFO_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"{CHECKPOINT_PREFIX}{step}"
+
+    def partial_checkpoint(self, step: int) -> Path:
+        """Where a checkpoint is written before it is renamed into place."""
+        return self.checkpoints / f".tmp-{CHECKPOINT_PREFIX}{step}"
+
+    def replaced_checkpoint(self, step: int) -> Path:
+        """Where a checkpoint of the same step is moved while a new one takes its place."""
+        return self.checkpoints / f".old-{CHECKPOINT_PREFIX}{step}"
+
+    @property
+    def validation(self) -> Path:
+        return self.run_dir / "validation"
+
+    def validation_dir(self, step: int) -> Path:
+        return self.validation / f"{VALIDATION_PREFIX}{step}"
+
+    @property
+    def logs(self) -> Path:
+        return self.run_dir / self.logging_dir
+
+    @property
+    def train_log(self) -> Path:
+        return self.logs / TRAIN_LOG
+
+    @property
+    def pipeline(self) -> Path:
+        return self.run_dir / "pipeline"
+
+    @property
+    def partial_pipeline(self) -> Path:
+        return self.run_dir / ".tmp-pipeline"
+
+    @property
+    def ratings(self) -> Path:
+        return self.run_dir / "ratings.csv"
+
+    @property
+    def figures(self) -> Path:
+        return self.run_dir / "figures"
+
+    def figure(self, name: str) -> Path:
+        return self.figures / name
+
+    def schedulers(self, checkpoint: str) -> Path:
+        return self.run_dir / "schedulers" / checkpoint
+
+    def stylized(self, checkpoint: str) -> Path:
+        return self.run_dir / "stylized" / checkpoint
+
+    @property
+    def notebooks(self) -> Path:
+        return self.run_dir / "notebooks"
+
+    def image_sets(self, folder: Path) -> str:
+        """The glob pattern, relative to the run, of the ``images.json`` of every image set in ``folder``
+        (e.g. each scheduler's folder of a comparison)."""
+        return (Path(folder).relative_to(self.run_dir) / "*" / IMAGES_JSON).as_posix()
+
+    # -- what is there ---------------------------------------------------------------------------
+    def validation_steps(self) -> list[int]:
+        """Steps with a complete validation record, in order."""
+        if not self.validation.is_dir():
+            return []
+        steps = [
+            int(p.name[len(VALIDATION_PREFIX):])
+            for p in self.validation.glob(f"{VALIDATION_PREFIX}*")
+            if p.name[len(VALIDATION_PREFIX):].isdigit() and (p / IMAGES_JSON).is_file()
+        ]
+        return sorted(steps)
+
+
+def load_config(run_dir: str | Path) -> TrainConfig:
+    """The run's saved :class:`TrainConfig` (a clear error if the folder is not a training run)."""
+    path = RunLayout(Path(run_dir)).config
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a training run (no {CONFIG_FILE}); run 02_train first")
+    try:
+        return TrainConfig.load(path)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def layout_of(run_dir: str | Path) -> RunLayout:
+    """The layout of an existing run, with its own ``logging_dir`` (the default when it has no config)."""
+    run_dir = Path(run_dir)
+    if RunLayout(run_dir).config.is_file():
+        return RunLayout.of(load_config(run_dir).replace(output_dir=str(run_dir)))
+    return RunLayout(run_dir)
+
+
+# ------------------------------------------------------------------------------------------------
+# images.json: the record of a folder of generated images
+# ------------------------------------------------------------------------------------------------
+
+
+def write_images_json(folder: str | Path, meta: dict[str, Any], records: list[dict[str, Any]]) -> Path:
+    """Write ``folder/images.json``: ``meta`` (prompt, seed, step, scheduler...) and one record per image
+    (``file`` relative to the folder, ``seed``, ``nsfw``...)."""
+    return write_json(Path(folder) / IMAGES_JSON, {**meta, "images": list(records)})
+
+
+def read_images_json(folder_or_file: str | Path) -> dict[str, Any]:
+    """Load and check one ``images.json``; any problem is a ``ValueError`` naming the file."""
+    path = Path(folder_or_file)
+    if path.is_dir() or path.name != IMAGES_JSON:
+        path = path / IMAGES_JSON
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read {path}: {err}") from err
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list) or not all(isinstance(r, dict) and isinstance(r.get("file"), str) for r in images):
+        raise ValueError(f"{path} is not an image record: expected {{'images': [{{'file': ...}}, ...]}}")
+    return data
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoints: completeness marker, listing, resolving
+# ------------------------------------------------------------------------------------------------
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The step of a ``checkpoint-<step>`` folder."""
+    return int(Path(path).name.rsplit("-", 1)[1])
+
+
+def write_marker(folder: str | Path, info: dict[str, Any]) -> Path:
+    """The last file of a checkpoint: ``info`` plus the size and SHA-256 of every other file."""
+    folder = Path(folder)
+    files = {
+        p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MARKER
+    }
+    return write_json(folder / MARKER, {**info, "files": files})
+
+
+def read_marker(folder: str | Path) -> dict[str, Any]:
+    """The marker of a complete checkpoint (what the trainer recorded: step, processes, optimizer...)."""
+    return json.loads((Path(folder) / MARKER).read_text())
+
+
+def verify_checkpoint(folder: str | Path) -> list[str]:
+    """Problems of a checkpoint folder (empty when its marker is there and every checksum matches)."""
+    folder = Path(folder)
+    marker = folder / MARKER
+    if not marker.is_file():
+        return [f"no {MARKER}: the save did not complete"]
+    try:
+        files = json.loads(marker.read_text())["files"]
+    except (json.JSONDecodeError, KeyError) as err:
+        return [f"{MARKER} is unreadable: {err}"]
+    problems = []
+    for rel, meta in files.items():
+        path = folder / rel
+        if not path.is_file():
+            problems.append(f"{rel} is missing")
+        elif path.stat().st_size != meta["bytes"]:
+            problems.append(f"{rel} has {path.stat().st_size} bytes, expected {meta['bytes']}")
+        elif sha256_file(path) != meta["sha256"]:
+            problems.append(f"{rel} does not match its checksum")
+    return problems
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run (those with their marker file), oldest first.
+
+    Folders without the marker are incomplete (a crash during a save) and are reported, not used.
+    """
+    root = RunLayout(Path(run_dir)).checkpoints
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        if path.name.startswith(".tmp-"):
+            logger.warning("ignoring partial checkpoint %s (a save that did not complete)", path)
+            continue
+        digits = path.name[len(CHECKPOINT_PREFIX):]
+        if not (path.is_dir() and path.name.startswith(CHECKPOINT_PREFIX) and digits.isdigit()):
+            continue
+        if (path / MARKER).is_file():
+            found.append(path)
+        else:
+            logger.warning("ignoring incomplete checkpoint %s (no %s)", path, MARKER)
+    return sorted(found, key=checkpoint_step)
+
+
+def resolve_checkpoint(run_dir: str | Path, which: str, verify: bool = False) -> Path | None:
+    """A checkpoint of a run by name: ``"latest"``, ``"pipeline"`` (the final pipeline), a
+    ``checkpoint-<step>`` folder name, or a path.
+
+    With ``verify`` (resuming), "latest" is the newest checkpoint whose checksums hold (damaged ones are
+    reported and skipped; None if there is none) and a named one with a problem is refused. Without it,
+    "latest" with no checkpoint and an unknown name raise ``FileNotFoundError``.
+    """
+    layout = RunLayout(Path(run_dir))
+    if which == "pipeline":
+        if not (layout.pipeline / "model_index.json").is_file():
+            raise FileNotFoundError(f"{layout.run_dir} has no final pipeline/ (the run has not finished)")
+        return layout.pipeline
+    ckpts = list_checkpoints(layout.run_dir)
+    if which == "latest":
+        for path in reversed(ckpts):
+            problems = verify_checkpoint(path) if verify else []
+            if not problems:
+                return path
+            logger.warning("skipping damaged checkpoint %s: %s", path, "; ".join(problems))
+            warnings.warn(f"skipping damaged checkpoint {path}: {'; '.join(problems)}", RuntimeWarning, stacklevel=2)
+        if verify:
+            return None
+        raise FileNotFoundError(f"{layout.run_dir} has no complete checkpoint yet")
+    path = Path(which)
+    if not path.is_dir():
+        path = layout.checkpoints / which
+    if verify:
+        problems = verify_checkpoint(path)
+        if problems:
+            raise CheckpointError(f"resume_from_checkpoint: {path} cannot be used: {'; '.join(problems)}")
+        return path
+    if path not in ckpts and not path.is_dir():
+        names = ", ".join(p.name for p in ckpts) or "none"
+        raise FileNotFoundError(f"no checkpoint {which!r} in {layout.checkpoints} (have: {names})")
+    return path

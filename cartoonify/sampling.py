@@ -1,0 +1,122 @@
+"""Loading a fine-tuned model: the base model with a checkpoint's trained modules, or a run's chosen
+checkpoint ("best" by the human ratings, "latest", "pipeline" or a name)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import DEFAULT_MODEL, DEFAULT_REVISION, DEFAULT_VARIANT
+from .models import (
+    check_architecture,
+    check_safe_to_load,
+    is_pipeline_folder,
+    load_pipeline,
+    make_scheduler,
+    resolve_device,
+    resolve_model,
+)
+from .rating import RatingStore, best_group, collect_items, summarize
+from .runs import CHECKPOINT_PREFIX, list_checkpoints, load_config, resolve_checkpoint
+from .training.checkpoint import TEXT_ENCODER, UNET
+
+
+def load_trained_modules(
+    checkpoint: str | Path, base_configs: dict[str, dict] | None = None, allow_pickle: bool = False
+) -> dict[str, Any]:
+    """The trained modules a checkpoint folder holds: ``unet`` and, if trained, ``text_encoder``.
+
+    Only safetensors are loaded: a folder with pickle weights is refused unless ``allow_pickle``. With
+    ``base_configs`` (``{"unet": config, ...}`` of the base model), a module whose architecture differs
+    is refused with both named.
+    """
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    checkpoint = Path(checkpoint)
+    if not (checkpoint / UNET).is_dir():
+        raise FileNotFoundError(f"checkpoint has no {UNET}/ folder: {checkpoint}")
+    check_safe_to_load(checkpoint, allow_pickle)
+    classes = {UNET: UNet2DConditionModel, TEXT_ENCODER: CLIPTextModel}
+    modules: dict[str, Any] = {}
+    for name, cls in classes.items():
+        if not (checkpoint / name).is_dir():
+            continue
+        if base_configs and name in base_configs:
+            saved = json.loads((checkpoint / name / "config.json").read_text())
+            check_architecture(saved, base_configs[name], name, str(checkpoint), "the base model")
+        modules[name] = cls.from_pretrained(checkpoint, subfolder=name, use_safetensors=None if allow_pickle else True)
+    return modules
+
+
+def load_finetuned(
+    base_model: str = DEFAULT_MODEL,
+    checkpoint: str | Path | None = None,
+    *,
+    scheduler: str | None = None,
+    device: str | torch.device | None = None,
+    torch_dtype: torch.dtype | None = None,
+    revision: str = DEFAULT_REVISION,
+    variant: str | None = DEFAULT_VARIANT,
+    safety_checker: bool = True,
+    allow_pickle: bool = False,
+):
+    """A text-to-image pipeline: the base model with a checkpoint's trained modules swapped in.
+
+    ``checkpoint`` may be a training checkpoint (``checkpoints/checkpoint-<step>``, holding ``unet/`` and
+    ``text_encoder/``) or a full pipeline folder saved at the end of training; ``None`` gives the base.
+    ``scheduler`` is a registry or diffusers class name. Pickle weights are refused unless
+    ``allow_pickle``; a checkpoint of another architecture than the base model is refused.
+    """
+    if checkpoint is not None and is_pipeline_folder(checkpoint):
+        check_safe_to_load(checkpoint, allow_pickle)
+        pipe = load_pipeline(
+            str(checkpoint), variant=None, torch_dtype=torch_dtype, safety_checker=safety_checker,
+            use_safetensors=None if allow_pickle else True,
+        )
+    else:
+        pipe = load_pipeline(
+            base_model, revision=revision, variant=variant, torch_dtype=torch_dtype, safety_checker=safety_checker
+        )
+        if checkpoint is not None:
+            base_configs = {UNET: dict(pipe.unet.config), TEXT_ENCODER: pipe.text_encoder.config.to_dict()}
+            for name, module in load_trained_modules(checkpoint, base_configs, allow_pickle).items():
+                pipe.register_modules(**{name: module.to(dtype=pipe.unet.dtype)})
+    if scheduler is not None:
+        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(resolve_device(device))
+
+
+def choose_checkpoint(run_dir: str | Path, which: str = "best") -> tuple[Path, str]:
+    """Resolve a checkpoint choice to ``(path, label)``.
+
+    ``which``: ``"best"`` (highest mean rating so far, else the latest), ``"latest"``, ``"pipeline"``
+    (the final pipeline) or a ``checkpoint-<step>`` folder name.
+    """
+    run_dir = Path(run_dir)
+    if which == "best":
+        ckpts = {p.name: p for p in list_checkpoints(run_dir)}
+        best = best_group(summarize(collect_items(run_dir), RatingStore(run_dir).records(), n_resamples=100))
+        name = f"{CHECKPOINT_PREFIX}{best.group}" if best is not None else None
+        if name in ckpts:
+            return ckpts[name], name
+        which = "latest"
+    path = resolve_checkpoint(run_dir, which)
+    return path, "pipeline" if which == "pipeline" else path.name
+
+
+def load_run_pipeline(run_dir: str | Path, which: str = "best", device: str | None = None):
+    """The base model of a run with a checkpoint's trained modules: ``(pipeline, label)``.
+
+    The safety checker stays on, as in validation: flagged images come back black and marked.
+    """
+    config = load_config(run_dir)
+    path, label = choose_checkpoint(run_dir, which)
+    base = resolve_model(config.pretrained_model, config.resolution)
+    pipe = load_finetuned(base, path, revision=config.revision, variant=config.variant, device=device,
+                          allow_pickle=config.allow_pickle)
+    return pipe, label

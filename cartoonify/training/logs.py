@@ -1,0 +1,50 @@
+"""The training log: ``logs/train_log.csv``, one row per optimizer step."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+LOG_COLUMNS = (
+    "step", "loss", "loss_instance", "loss_prior", "lr", "grad_norm", "skipped_steps", "epoch", "wall_time"
+)
+# the columns also logged to the trackers (TensorBoard)
+SCALARS = ("loss", "loss_instance", "loss_prior", "lr", "grad_norm", "skipped_steps")
+
+
+class LossLog:
+    """``logs/train_log.csv``: one row per optimizer step, appended and flushed as training goes.
+
+    On (re)start the rows after the starting step are dropped, so a resumed run has no duplicates.
+    """
+
+    def __init__(self, path: Path, start_step: int):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = []
+        if path.is_file():
+            with path.open(newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if r.get("step", "").isdigit() and int(r["step"]) <= start_step]
+        tmp = path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+        self._fh = path.open("a", newline="")
+        self._writer = csv.DictWriter(self._fh, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in LOG_COLUMNS})
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_loss_log(path: str | Path) -> list[dict[str, float]]:
+    """Rows of a ``train_log.csv`` as floats (empty cells become NaN)."""
+    with Path(path).open(newline="") as fh:
+        return [{k: float(v) if v != "" else float("nan") for k, v in row.items()} for row in csv.DictReader(fh)]
