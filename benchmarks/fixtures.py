@@ -39,12 +39,12 @@ def base_config(kind: str, paths: dict[str, str]):
     """The benchmark's training config: batch 4 + 4 class images, text encoder trained, 8-bit AdamW."""
     from cartoonify.config import TrainConfig
 
-    common = dict(
-        instance_dir=paths["instance_dir"], class_dir=paths["class_dir"], num_class_images=N_CLASS_IMAGES,
-        train_batch_size=4, train_text_encoder=True, use_8bit_adam=True, learning_rate=1e-4,
-        checkpointing_steps=10**6, num_validation_images=0, save_final_pipeline=False, report_to="none",
-        validation_inference_steps=25,
-    )
+    common = {
+        "instance_dir": paths["instance_dir"], "class_dir": paths["class_dir"], "num_class_images": N_CLASS_IMAGES,
+        "train_batch_size": 4, "train_text_encoder": True, "use_8bit_adam": True, "learning_rate": 1e-4,
+        "checkpointing_steps": 10**6, "num_validation_images": 0, "save_final_pipeline": False, "report_to": "none",
+        "validation_inference_steps": 25,
+    }
     if kind == "tiny":
         return TrainConfig(pretrained_model=paths["model"], resolution=64, mixed_precision="no", **common)
     return TrainConfig(pretrained_model=paths["model"], resolution=512, mixed_precision="fp16", variant=None, **common)

@@ -47,8 +47,8 @@ def measure_optimizer_step(config, device, steps: int = 20) -> dict[str, Any]:
     gen = torch.Generator(device=device).manual_seed(0)
     for p in params:
         p.grad = torch.randn(p.shape, generator=gen, device=device) * 1e-3
-    hyper = dict(lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-                 weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
+    hyper = {"lr": config.learning_rate, "betas": (config.adam_beta1, config.adam_beta2),
+             "weight_decay": config.adam_weight_decay, "eps": config.adam_epsilon}
     optimizers = {"adamw8bit": adamw8bit(params, fuse_small=False, **hyper),
                   "adamw8bit_fused_small": adamw8bit(params, fuse_small=True, **hyper)}
     times: dict[str, list[float]] = {name: [] for name in optimizers}

@@ -34,12 +34,11 @@ def reference_markdown(results: dict[str, Any]) -> list[str]:
     per_round = ", ".join(f"{r:.2f}" for r in results.get("speedup_per_round", []))
     paired = results.get("speedup_paired", results["speedup"])
     steps = results["settings"]["steps"]
-    return lines + [
-        "", f"Speed-up of cartoonify over diffusers' script: **{paired:.2f}x**, the median of the "
-        f"rounds' ratios ({per_round}); the ratio of the medians is {results['speedup']:.2f}x.",
-        "", f"Steps/s from the wall-time difference of {steps[1]}- and {steps[0]}-step runs; the trainers "
-        "take turns, one round per repeat.",
-    ]
+    speedup = (f"Speed-up of cartoonify over diffusers' script: **{paired:.2f}x**, the median of the "
+               f"rounds' ratios ({per_round}); the ratio of the medians is {results['speedup']:.2f}x.")
+    method = (f"Steps/s from the wall-time difference of {steps[1]}- and {steps[0]}-step runs; the trainers "
+              "take turns, one round per repeat.")
+    return [*lines, "", speedup, "", method]
 
 
 def training_table(results: dict[str, Any]) -> list[str]:
@@ -62,9 +61,9 @@ def parts_markdown(results: dict[str, Any]) -> list[str]:
         lines += ["", "Class-image generation (50 steps): " + _rates(results["class_generation"])]
     if "optimizer_step" in results and "adamw8bit_ms" in results["optimizer_step"]:
         op = results["optimizer_step"]
-        lines += ["", f"Optimizer step over {op['tensors']} tensors ({op['tensors_with_32bit_state']} with 32-bit "
-                  f"state): AdamW8bit {op['adamw8bit_ms']:.1f} ms, with the 32-bit tensors fused "
-                  f"{op['adamw8bit_fused_small_ms']:.1f} ms"]
+        lines += ["", (f"Optimizer step over {op['tensors']} tensors ({op['tensors_with_32bit_state']} with "
+                       f"32-bit state): AdamW8bit {op['adamw8bit_ms']:.1f} ms, with the 32-bit tensors fused "
+                       f"{op['adamw8bit_fused_small_ms']:.1f} ms")]
     if "validation" in results:
         lines += ["", "Validation sampling: " + _rates(results["validation"])]
     return lines
@@ -72,9 +71,10 @@ def parts_markdown(results: dict[str, Any]) -> list[str]:
 
 def method_note(settings: dict[str, Any]) -> list[str]:
     rounds = settings.get("rounds", 1)
-    return ["", f"Steps/s: one over the median step time of {rounds * settings['repeats']} timed runs of "
+    note = (f"Steps/s: one over the median step time of {rounds * settings['repeats']} timed runs of "
             f"{settings['steps']} steps, each after {settings['warmup']} warm-up steps; every variant in its own "
-            f"process, {rounds} round(s) of all variants in turn."]
+            f"process, {rounds} round(s) of all variants in turn.")
+    return ["", note]
 
 
 def profile_markdown(prof: dict[str, Any] | None) -> list[str]:
@@ -82,8 +82,9 @@ def profile_markdown(prof: dict[str, Any] | None) -> list[str]:
     if not prof or "regions" not in prof:
         return []
     device = "device_ms" in prof["regions"][0]
-    lines = ["", f"Where a step of the default goes (torch.profiler over {prof['profiled_steps']} steps, "
-             f"{prof['step_ms']:.0f} ms per profiled step):", ""]
+    title = (f"Where a step of the default goes (torch.profiler over {prof['profiled_steps']} steps, "
+             f"{prof['step_ms']:.0f} ms per profiled step):")
+    lines = ["", title, ""]
     lines += ["| region | ms/step | share |" + (" device ms/step |" if device else ""),
               "| --- | --- | --- |" + (" --- |" if device else "")]
     for r in prof["regions"]:

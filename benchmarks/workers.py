@@ -63,7 +63,7 @@ def run_worker(kind: str, variant: str, config, overrides: dict, args: argparse.
             "--overrides", json.dumps(overrides), "--result", str(result),
             "--warmup", str(args.warmup), "--steps", str(args.steps), "--repeats", str(args.repeats),
         ] + (["--flops"] if flops else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, env=subprocess_env())
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO_ROOT, env=subprocess_env())
         if proc.returncode != 0:
             return {"variant": variant, "error": proc.stderr[-2000:]}
         return json.loads(result.read_text())

@@ -5,7 +5,7 @@ The public API is flat (``cartoonify.run_training(config)``); each name is impor
 first use, so that ``import cartoonify`` stays light. ``import cartoonify.<module>`` always gives that
 module. The layers, each importing only those before it::
 
-    config -> utils -> runs -> imaging -> models -> data -> training
+    utils -> config -> runs -> imaging, style -> models -> data -> training
            -> rating -> sampling -> comparison, stylize -> plots -> notebooks
 """
 

@@ -26,9 +26,10 @@ def cartoonify_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(cartoonify_home) -> Path:
-    from cartoonify.models import TINY_MODEL, resolve_model
+    """The random-weight tiny model: the machinery tests need no learned weights."""
+    from cartoonify.models import TINY_RANDOM_MODEL, resolve_model
 
-    return Path(resolve_model(TINY_MODEL, 64))
+    return Path(resolve_model(TINY_RANDOM_MODEL, 64))
 
 
 @pytest.fixture(scope="session")

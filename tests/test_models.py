@@ -13,7 +13,9 @@ import torch  # noqa: E402
 
 from cartoonify.models import (  # noqa: E402
     SD15_PARAMETER_COUNTS,
+    EMBEDDED_TINY_DIR,
     TINY_MODEL,
+    TINY_RANDOM_MODEL,
     build_sd15,
     build_tiny,
     count_parameters,
@@ -279,10 +281,20 @@ def test_resolve_model(monkeypatch, tmp_path):
     assert tiny_model_path() == tmp_path / "home" / "tiny-sd-64"
     assert tiny_model_path(32) == tmp_path / "home" / "tiny-sd-32"
     assert resolve_model("some/hub-id") == "some/hub-id"
-    resolved = resolve_model(TINY_MODEL)
+    resolved = resolve_model(TINY_RANDOM_MODEL)
     assert resolved == str(tmp_path / "home" / "tiny-sd-64")
     assert (Path(resolved) / "model_index.json").is_file()
-    assert resolve_model(TINY_MODEL) == resolved
+    assert resolve_model(TINY_RANDOM_MODEL) == resolved
+    # the pretrained tiny model ships inside the package, whatever the cache
+    assert resolve_model(TINY_MODEL) == str(EMBEDDED_TINY_DIR)
+
+
+def test_missing_embedded_model_says_how_to_build_it(monkeypatch, tmp_path):
+    from cartoonify.models import tiny
+
+    monkeypatch.setattr(tiny, "EMBEDDED_TINY_DIR", tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="python -m cartoonify.training.basemodel --out"):
+        resolve_model(TINY_MODEL)
 
 
 def test_tiny_model_path_default(monkeypatch):

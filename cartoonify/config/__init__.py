@@ -4,9 +4,11 @@
 * :mod:`.training`: :class:`TrainConfig` and the model defaults;
 * :mod:`.samplers`: the sampler registry as data;
 * :mod:`.collect`: :class:`CollectConfig`;
+* :mod:`.basemodel`: :class:`BaseModelConfig`, the embedded tiny model's pretraining;
 * :mod:`.stages`: the other notebooks' configs and the papermill parameter files.
 """
 
+from .basemodel import BaseModelConfig
 from .collect import CollectConfig
 from .core import (
     ConfigBase,
@@ -39,6 +41,7 @@ from .training import (
     MIXED_PRECISIONS,
     PRIOR_PRECISIONS,
     TINY_MODEL,
+    TINY_RANDOM_MODEL,
     TrainConfig,
     resumable_changes,
 )

@@ -17,7 +17,8 @@ from .samplers import check_scheduler
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_REVISION = "main"
 DEFAULT_VARIANT = "fp16"
-TINY_MODEL = "embedded:tiny"
+TINY_MODEL = "embedded:tiny"  # the pretrained tiny model shipped with the package
+TINY_RANDOM_MODEL = "embedded:tiny-random"  # the same format with random weights (for the machinery)
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 PRIOR_PRECISIONS = ("no", "fp32", "fp16", "bf16")
@@ -59,7 +60,7 @@ class TrainConfig(ConfigBase):
     set_grads_to_none: bool = resumable(True)
     dataloader_num_workers: int = resumable(0)
 
-    # --- speed (each switch is measured on and off by `python -m cartoonify.bench`) ---------------
+    # --- speed (each switch is measured on and off by `python -m benchmarks.bench`) ---------------
     cache_latents: bool = resumable(True)  # encode each image once (mean, std); a fresh posterior sample per step
     offload_vae: bool = resumable(True)  # with cached latents, keep the VAE off the GPU except for validation
     use_sdpa: bool = resumable(True)  # PyTorch scaled-dot-product attention (False: diffusers' classic attention)

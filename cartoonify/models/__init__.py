@@ -8,7 +8,7 @@ files (the tiny model's own folder aside).
 * the full SD1.5 architecture with random weights (:func:`build_sd15`), for benchmarks and memory estimates.
 """
 
-from ..config import DEFAULT_MODEL, DEFAULT_REVISION, DEFAULT_VARIANT, TINY_MODEL
+from ..config import DEFAULT_MODEL, DEFAULT_REVISION, DEFAULT_VARIANT, TINY_MODEL, TINY_RANDOM_MODEL
 from .devices import move_module, precision_dtype, resolve_device, resolve_dtype
 from .generate import SampleResult, generators, image_to_image, text_to_image
 from .loading import load_components, load_pipeline, load_safety_components
@@ -24,7 +24,7 @@ from .sd15 import (
     build_sd15_pipeline,
     count_parameters,
 )
-from .tiny import build_tiny, resolve_model, tiny_model_path
+from .tiny import EMBEDDED_TINY_DIR, build_tiny, resolve_model, tiny_model_path
 from .weights import check_architecture, check_safe_to_load
 
 __all__ = [n for n in dir() if not n.startswith("_")]

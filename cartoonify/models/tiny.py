@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..config import TINY_MODEL
+from ..config import TINY_MODEL, TINY_RANDOM_MODEL
 from .pipeline import pipeline_from_modules
 from .sd15 import SD15_SCHEDULER_CONFIG
 from .tokenizer import MODEL_MAX_LENGTH, write_bpe_files, write_tiny_tokenizer
@@ -21,6 +21,8 @@ from .tokenizer import MODEL_MAX_LENGTH, write_bpe_files, write_tiny_tokenizer
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
+# The pretrained tiny model shipped with the package (built by cartoonify.training.basemodel).
+EMBEDDED_TINY_DIR = Path(__file__).resolve().parent / "embedded" / "tiny"
 # Name of the marker file that records how a tiny model folder was built.
 TINY_MARKER = "cartoonify_tiny.json"
 # Bump when the tiny model's layout changes so that stale caches are not reused.
@@ -73,6 +75,52 @@ def tiny_text_encoder_config(vocab_size: int) -> dict[str, Any]:
         "num_hidden_layers": 2,
         "vocab_size": vocab_size,
         "max_position_embeddings": MODEL_MAX_LENGTH,
+    }
+
+
+def base_vae_config(resolution: int = 64) -> dict[str, Any]:
+    """The pretrained tiny model's VAE: three blocks, so 4x downsampling (16 x 16 latents at 64 px)."""
+    return {
+        "block_out_channels": [32, 64, 64],
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D"] * 3,
+        "up_block_types": ["UpDecoderBlock2D"] * 3,
+        "latent_channels": 4,
+        "layers_per_block": 1,
+        "norm_num_groups": 16,
+        "mid_block_add_attention": False,
+        "sample_size": resolution,
+    }
+
+
+def base_unet_config(resolution: int = 64) -> dict[str, Any]:
+    """The pretrained tiny model's UNet, on 16 x 16 latents at 64 px."""
+    return {
+        "sample_size": resolution // 4,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": (64, 96, 128),
+        "layers_per_block": 1,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        "cross_attention_dim": BASE_TEXT_DIM,
+        "attention_head_dim": 4,
+        "norm_num_groups": 32,
+    }
+
+
+BASE_TEXT_DIM = 64
+
+
+def base_text_encoder_config(vocab_size: int) -> dict[str, Any]:
+    """The pretrained tiny model's CLIP text encoder (special token ids as :func:`tiny_vocab` lays them out)."""
+    return {
+        **tiny_text_encoder_config(vocab_size),
+        "hidden_size": BASE_TEXT_DIM,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 3,
     }
 
 
@@ -270,14 +318,26 @@ def _rename_or_accept(tmp: Path, path: Path, marker: dict[str, Any]) -> None:
 
 
 def tiny_model_path(resolution: int = 64) -> Path:
-    """Returns the cache folder of the embedded tiny model (``$CARTOONIFY_HOME`` or ``~/.cache/cartoonify``)."""
+    """The cache folder of the random-weight tiny model (``$CARTOONIFY_HOME`` or ``~/.cache/cartoonify``)."""
     home = Path(os.environ.get("CARTOONIFY_HOME", "~/.cache/cartoonify")).expanduser()
     return home / f"tiny-sd-{resolution}"
 
 
 def resolve_model(name_or_path: str, resolution: int = 64) -> str:
-    """Returns ``name_or_path`` unchanged, or for ``TINY_MODEL`` the (built if needed) tiny model's folder."""
-    if str(name_or_path) != TINY_MODEL:
-        return str(name_or_path)
-    return str(build_tiny(tiny_model_path(resolution), resolution=resolution))
+    """``name_or_path`` unchanged, or the folder of an embedded model.
+
+    ``TINY_MODEL`` is the pretrained tiny model shipped inside the package (64 px); ``TINY_RANDOM_MODEL``
+    is the random-weight tiny model, built on first use into the cache at ``resolution``.
+    """
+    name = str(name_or_path)
+    if name == TINY_RANDOM_MODEL:
+        return str(build_tiny(tiny_model_path(resolution), resolution=resolution))
+    if name != TINY_MODEL:
+        return name
+    if not (EMBEDDED_TINY_DIR / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"the embedded tiny model is missing from {EMBEDDED_TINY_DIR}; build it with "
+            f"`python -m cartoonify.training.basemodel --out {EMBEDDED_TINY_DIR}` (about 30 minutes on 2 CPU cores)"
+        )
+    return str(EMBEDDED_TINY_DIR)
 

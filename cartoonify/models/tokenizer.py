@@ -122,16 +122,16 @@ def tiny_vocab(words: tuple[str, ...] | list[str] = TINY_TOKENIZER_WORDS) -> tup
     return vocab, [f"{a} {b}" for a, b in merges]
 
 
-def write_bpe_files(directory: str | os.PathLike) -> None:
-    """Writes the tiny tokenizer's classic ``vocab.json`` and ``merges.txt`` to ``directory``."""
+def write_bpe_files(directory: str | os.PathLike, words: tuple[str, ...] = TINY_TOKENIZER_WORDS) -> None:
+    """Writes the tiny tokenizer's classic ``vocab.json`` and ``merges.txt`` (merges learned from ``words``)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    vocab, merges = tiny_vocab()
+    vocab, merges = tiny_vocab(words)
     (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
 
 
-def write_tiny_tokenizer(directory: str | os.PathLike) -> Any:
+def write_tiny_tokenizer(directory: str | os.PathLike, words: tuple[str, ...] = TINY_TOKENIZER_WORDS) -> Any:
     """Writes the tiny CLIP tokenizer to ``directory`` and returns it as a ``transformers.CLIPTokenizer``.
 
     The tokenizer is read back from the written ``vocab.json`` / ``merges.txt``, which works with both the slow
@@ -140,7 +140,7 @@ def write_tiny_tokenizer(directory: str | os.PathLike) -> Any:
     """
     from transformers import CLIPTokenizer
 
-    write_bpe_files(directory)
+    write_bpe_files(directory, words)
     tokenizer = CLIPTokenizer.from_pretrained(
         directory,
         unk_token=EOS_TOKEN,
@@ -150,6 +150,6 @@ def write_tiny_tokenizer(directory: str | os.PathLike) -> Any:
         model_max_length=MODEL_MAX_LENGTH,
     )
     tokenizer.save_pretrained(directory)
-    write_bpe_files(directory)  # keep the canonical formatting whatever save_pretrained wrote
+    write_bpe_files(directory, words)  # keep the canonical formatting whatever save_pretrained wrote
     return tokenizer
 

@@ -8,7 +8,7 @@ sees the same pixels as cartoonify's trainer.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ class Resize:
 
     def __init__(self, size: int, interpolation=InterpolationMode.BILINEAR):
         if not isinstance(size, int):
-            raise ValueError(f"the stand-in resizes the shorter side only (an int size), not {size!r}")
+            raise TypeError(f"the stand-in resizes the shorter side only (an int size), not {size!r}")
         self.size, self.interpolation = size, interpolation
 
     def __call__(self, img: Image.Image) -> Image.Image:
