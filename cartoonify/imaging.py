@@ -113,3 +113,13 @@ def png_bytes(img: Image.Image, **save_options) -> bytes:
 def save_png(img: Image.Image, path: str | Path) -> Path:
     """Write ``img`` as PNG atomically (a reader never sees half a file)."""
     return atomic_write_bytes(path, png_bytes(img))
+
+
+def gray_ssim(a: Image.Image, b: Image.Image) -> float:
+    """Structural similarity (scikit-image's SSIM) of two images in grayscale, at ``a``'s size: 1 is the same
+    structure; how much of a photo's layout an output keeps."""
+    from skimage.metrics import structural_similarity
+
+    x = np.asarray(a.convert("L"), dtype=np.float64)
+    y = np.asarray(b.convert("L").resize(a.size, Image.LANCZOS), dtype=np.float64)
+    return float(structural_similarity(x, y, data_range=255.0))

@@ -105,6 +105,43 @@ def validation_figure(run_dir: str | Path, steps: Sequence[int] | None = None, s
     return fig
 
 
+def validation_style_scores(run_dir: str | Path) -> dict[int, list[float]]:
+    """The weight-free style score (:func:`cartoonify.style.style_score`) of every validation image, by step."""
+    from .style import style_score
+
+    layout = layout_of(run_dir)
+    return {
+        step: [style_score(Image.open(layout.validation_dir(step) / r["file"]))
+               for r in read_images_json(layout.validation_dir(step))["images"]]
+        for step in layout.validation_steps()
+    }
+
+
+def plot_style(ax, run_dir: str | Path) -> dict[int, list[float]]:
+    """Mean style score of the validation images against the step, each image a dot; returns the scores."""
+    scores = validation_style_scores(run_dir)
+    steps = sorted(scores)
+    for step in steps:
+        ax.scatter([step] * len(scores[step]), scores[step], color="tab:purple", alpha=0.35, s=12)
+    ax.plot(steps, [float(np.mean(scores[s])) for s in steps], marker="o", color="tab:purple", label="mean")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("style score (0 photo, 1 cartoon)")
+    ax.set_title("style of the validation images")
+    ax.legend(loc="lower right", fontsize="small")
+    return scores
+
+
+def style_figure(run_dir: str | Path):
+    """The style score of the validation images against the step, beside the loss curve."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.8))
+    plot_style(left, run_dir)
+    plot_loss(right, run_dir)
+    fig.tight_layout()
+    return fig
+
+
 def plot_ratings(ax, summaries, group_label: str = "step") -> None:
     """Mean rating per group with its 95% bootstrap interval; the best group highlighted."""
     rated = [s for s in summaries if s.n > 0]
@@ -178,13 +215,20 @@ def scheduler_bar_figure(timings):
 
 
 def stylize_figure(out_dir: str | Path, photo_stem: str, strengths: Sequence[float], size: float = 2.2):
-    """Before/after: the photo, then its stylized versions by strength."""
-    from .stylize import INPUT_FILE, strength_file
+    """Before/after: the photo, then its stylized versions by strength, each with its SSIM to the photo
+    (structure kept) and its style score (0 photo, 1 cartoon)."""
+    from .stylize import INPUT_FILE, read_stylized, strength_file
 
     plt = _plt()
     folder = Path(out_dir) / photo_stem
     images = [Image.open(folder / INPUT_FILE)] + [Image.open(folder / strength_file(s)) for s in strengths]
-    titles = ["photo"] + [f"strength {s:g}" for s in strengths]
+    records = {(Path(r["file"]).parent.name, r["strength"]): r for r in read_stylized(out_dir)["images"]}
+    first = records.get((photo_stem, strengths[0]), {})
+    titles = [f"photo\nstyle {first['photo_style_score']:.2f}" if "photo_style_score" in first else "photo"]
+    for s in strengths:
+        r = records.get((photo_stem, s), {})
+        scores = f"\nSSIM {r['ssim']:.2f} · style {r['style_score']:.2f}" if "ssim" in r else ""
+        titles.append(f"strength {s:g}{scores}")
     fig, axes = plt.subplots(1, len(images), figsize=(size * len(images), size + 0.4), squeeze=False)
     for ax, img, title in zip(axes[0], images, titles):
         ax.imshow(img)

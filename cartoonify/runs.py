@@ -7,7 +7,8 @@
     validation/step-<step>/          image-XX.png, grid.png, images.json
     logs/                            TensorBoard events, train_log.csv
     pipeline/                        the fine-tuned pipeline (diffusers format)
-    ratings.csv                      every human rating
+    ratings.csv                      every human rating (1-10)
+    pairwise.csv                     every pairwise choice (left, right or tie)
     schedulers/<checkpoint>/         the scheduler comparison: <scheduler>/images.json, timing.csv
     stylized/<checkpoint>/           stylized photos, stylized.json
     figures/                         the notebooks' figures and tables
@@ -37,6 +38,8 @@ RUN_INFO_FILE = "run_info.json"
 MARKER = "checkpoint.json"  # the last file of a checkpoint: its presence means the save completed
 IMAGES_JSON = "images.json"  # the record of a folder of generated images
 TRAIN_LOG = "train_log.csv"
+RATINGS_FILE = "ratings.csv"
+PAIRWISE_FILE = "pairwise.csv"
 CHECKPOINT_PREFIX = "checkpoint-"
 VALIDATION_PREFIX = "step-"
 
@@ -107,7 +110,11 @@ class RunLayout:
 
     @property
     def ratings(self) -> Path:
-        return self.run_dir / "ratings.csv"
+        return self.run_dir / RATINGS_FILE
+
+    @property
+    def pairwise(self) -> Path:
+        return self.run_dir / PAIRWISE_FILE
 
     @property
     def figures(self) -> Path:

@@ -112,6 +112,7 @@ def notebook_run(tiny_model, tmp_path_factory):
         "compare_steps": 3,
         "stylize_strengths": [0.5, 0.9],
         "stylize_steps": 4,
+        "validate_at_start": False,
     }
     written = run_notebooks(params, timeout=CELL_TIMEOUT)
     return {"params": params, "run_dir": base / "outputs" / "nbtest", "written": written}
@@ -151,7 +152,7 @@ def test_notebooks_run_headless_and_leave_their_files(notebook_run):
     for photo in ("astronaut", "camera"):
         assert (run / "stylized" / "checkpoint-4" / photo / "strength-0.90.png").is_file()
     expected = {
-        "training_set.png", "loss.png", "validation.png", "rating_summary.csv", "ratings.png",
+        "training_set.png", "loss.png", "style.png", "validation.png", "rating_summary.csv", "ratings.png",
         "scheduler_grid.png", "scheduler_timing.png", "stylize-astronaut.png", "stylize-camera.png",
     }
     assert expected <= {p.name for p in (run / "figures").iterdir()}

@@ -583,5 +583,5 @@ def test_write_summary_csv(tmp_path):
 
 def test_import_needs_neither_torch_nor_ipywidgets():
     code = "import sys, cartoonify.rating; assert not {'torch', 'ipywidgets'} & set(sys.modules), sorted(sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

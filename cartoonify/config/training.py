@@ -100,6 +100,7 @@ class TrainConfig(ConfigBase):
     validation_scheduler: str = resumable("PNDMScheduler")  # any diffusers scheduler class or registry name
     validation_inference_steps: int = resumable(25)  # as in diffusers' DreamBooth script
     validation_guidance_scale: float = resumable(7.5)
+    validate_at_start: bool = resumable(False)  # also validate the base model, as step 0, before training
     save_final_pipeline: bool = resumable(True)  # write outputs/<run>/pipeline/ at the end
 
     seed: int = 42

@@ -305,28 +305,32 @@ def _render_scene(rng: np.random.Generator, size: int) -> tuple[Image.Image, str
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)), f"a photo of {what} {where}"
 
 
-def render_base_image(index: int, size: int = 64, seed: int = 0) -> tuple[Image.Image, str]:
+def render_base_image(
+    index: int, size: int = 64, seed: int = 0, photo_share: float = PHOTO_SHARE
+) -> tuple[Image.Image, str]:
     """Render base-world image ``index`` (RGB, ``size`` x ``size``) and return it with its caption.
 
-    A photo crop with probability :data:`PHOTO_SHARE`, else a rendered scene.  Randomness comes from
+    A photo crop with probability ``photo_share``, else a rendered scene.  Randomness comes from
     ``numpy.random.default_rng([seed, index])``, so every image is independent of the others.
     """
     if size < 16:
         raise ValueError(f"size must be >= 16, got {size}")
     rng = np.random.default_rng([seed, index])
-    if rng.uniform() < PHOTO_SHARE:
+    if rng.uniform() < photo_share:
         return _photo_crop(rng, size)
     return _render_scene(rng, size)
 
 
-def make_base_dataset(n: int, size: int = 64, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+def make_base_dataset(
+    n: int, size: int = 64, seed: int = 0, photo_share: float = PHOTO_SHARE
+) -> tuple[np.ndarray, list[str]]:
     """Images ``0 .. n-1`` of the base world as a uint8 array (n, size, size, 3), and their captions."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     images = np.empty((n, size, size, 3), np.uint8)
     captions: list[str] = []
     for i in range(n):
-        image, caption = render_base_image(i, size=size, seed=seed)
+        image, caption = render_base_image(i, size=size, seed=seed, photo_share=photo_share)
         images[i] = np.asarray(image)
         captions.append(caption)
     return images, captions

@@ -78,15 +78,20 @@ def tiny_text_encoder_config(vocab_size: int) -> dict[str, Any]:
     }
 
 
+BASE_LATENT_CHANNELS = 16
+
+
 def base_vae_config(resolution: int = 64) -> dict[str, Any]:
-    """The pretrained tiny model's VAE: three blocks, so 4x downsampling (16 x 16 latents at 64 px)."""
+    """The pretrained tiny model's VAE: three blocks, so 4x downsampling, to 16 x 16 latents of 16 channels
+    at 64 px (a third of the pixels' numbers, SD3's latent depth: it reconstructs photos after minutes of
+    CPU training, where SD1.5's 4 channels would need hours)."""
     return {
-        "block_out_channels": [32, 64, 64],
+        "block_out_channels": [16, 32, 64],
         "in_channels": 3,
         "out_channels": 3,
         "down_block_types": ["DownEncoderBlock2D"] * 3,
         "up_block_types": ["UpDecoderBlock2D"] * 3,
-        "latent_channels": 4,
+        "latent_channels": BASE_LATENT_CHANNELS,
         "layers_per_block": 1,
         "norm_num_groups": 16,
         "mid_block_add_attention": False,
@@ -98,15 +103,15 @@ def base_unet_config(resolution: int = 64) -> dict[str, Any]:
     """The pretrained tiny model's UNet, on 16 x 16 latents at 64 px."""
     return {
         "sample_size": resolution // 4,
-        "in_channels": 4,
-        "out_channels": 4,
-        "block_out_channels": (64, 96, 128),
+        "in_channels": BASE_LATENT_CHANNELS,
+        "out_channels": BASE_LATENT_CHANNELS,
+        "block_out_channels": (48, 64, 96),
         "layers_per_block": 1,
         "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         "cross_attention_dim": BASE_TEXT_DIM,
         "attention_head_dim": 4,
-        "norm_num_groups": 32,
+        "norm_num_groups": 16,
     }
 
 

@@ -2,7 +2,8 @@
 
 ``python -m cartoonify.training.basemodel --out DIR [--key value ...]`` renders the base world
 (:mod:`cartoonify.data.baseworld`: photo crops and shaded scenes, captioned), trains the tiny VAE to
-reconstruct it, then the tiny UNet and CLIP text encoder to generate it from its captions (SD1.5's noise
+reconstruct it and generic graphics (:mod:`cartoonify.data.graphics`: flat shapes, outlines, white
+pages, so that it can later draw what DreamBooth teaches), then the tiny UNet and CLIP text encoder to generate it from its captions (SD1.5's noise
 schedule, epsilon prediction, caption dropout for classifier-free guidance, EMA weights), and writes a
 diffusers pipeline in fp16 safetensors with a model card. Everything is seeded by
 :class:`~cartoonify.config.BaseModelConfig`.
@@ -24,6 +25,7 @@ import torch
 
 from ..config import BaseModelConfig, ConfigError, parse_overrides
 from ..data.baseworld import BASE_WORDS, HELD_OUT_PHOTOS, make_base_dataset
+from ..data.graphics import make_graphics
 from ..data.dataset import tokenize_prompts
 from ..models.pipeline import pipeline_from_modules
 from ..models.sd15 import SD15_SCHEDULER_CONFIG
@@ -166,8 +168,11 @@ def build_base_model(config: BaseModelConfig, out: str | Path) -> Path:
     tokens = tokenize_prompts(tokenizer, captions)
     unconditional = tokenize_prompts(tokenizer, [""])[0]
     pixels = _to_tensor(images)
-    _log(f"rendered {len(images)} base-world images", t0)
-    vae = train_vae(config, pixels, generator, t0)
+    vae_images, _ = make_base_dataset(config.vae_images, config.resolution, seed=config.seed + 1,
+                                      photo_share=config.vae_photo_share)
+    vae_images = np.concatenate([vae_images, make_graphics(config.vae_graphics, config.resolution, config.seed)])
+    _log(f"rendered {len(images)} base-world images, and {len(vae_images)} images for the VAE", t0)
+    vae = train_vae(config, _to_tensor(vae_images), generator, t0)
     t_vae = time.perf_counter() - t0
     mean, std = encode_all(vae, pixels)
     scale = float(1.0 / mean.std())
@@ -206,6 +211,8 @@ world**, a stand-in for photographs; the package's cartoon demo images lie outsi
 - Data: {c["images"]} images of `cartoonify.data.baseworld` at {c["resolution"]} px: random crops of
   scikit-image's sample photographs and rendered shaded scenes, each with a caption from what is in it.
   The photos {", ".join(record["held_out_photos"])} are held out (they are the photos the demo stylizes).
+  The VAE also trains on {c["vae_graphics"]} generic graphics (`cartoonify.data.graphics`: random flat
+  shapes, outlines, white pages) so that it can draw what DreamBooth later teaches; the UNet never sees them.
 - Weights: fp16 safetensors. Build time: {record["seconds"] / 60:.1f} min on the machine that built it
   (VAE {record["vae_seconds"] / 60:.1f} min).
 - Licence: as the package (MIT). It is not a derivative of Stable Diffusion's weights.

@@ -223,6 +223,8 @@ class DreamBoothTrainer:
         result.log_csv = log.path if log else None
         try:
             self.callbacks.fire("on_train_begin", self)
+            if c.validate_at_start and self.global_step == 0 and c.num_validation_images and acc.is_main_process:
+                result.validation_dirs.append(self.validate())  # the base model, as step 0
             self._train_loop(result, log)
             if result.steps_run and self.global_step % c.checkpointing_steps != 0:
                 self._checkpoint_and_validate(result)  # the end of a run off the checkpoint grid
