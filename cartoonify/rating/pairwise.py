@@ -24,7 +24,7 @@ import numpy as np
 
 from ..runs import PAIRWISE_FILE, RunLayout  # noqa: F401  (PAIRWISE_FILE re-exported)
 from .items import RatingItem, group_sort_key
-from .store import check_rater
+from .store import append_row, check_rater
 
 PAIRWISE_HEADER = ("time", "rater", "left", "right", "choice")
 CHOICES = ("left", "right", "tie")
@@ -108,24 +108,8 @@ class PairwiseStore:
         }
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerow([record[k] for k in PAIRWISE_HEADER])
-        with open(self.path, "a+b") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            needs_header = size == 0 or self._drop_unfinished_line(fh, size) == 0
-            fh.write((_HEADER_LINE if needs_header else b"") + buf.getvalue().encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_row(self.path, _HEADER_LINE, buf.getvalue().encode("utf-8"))
         return record
-
-    def _drop_unfinished_line(self, fh, size: int) -> int:
-        """Truncate a last line without its newline (a write never completed); returns the new size."""
-        fh.seek(max(0, size - 4096))
-        tail = fh.read()
-        if tail.endswith(b"\n"):
-            return size
-        keep = size - (len(tail) - tail.rfind(b"\n") - 1) if b"\n" in tail else 0
-        warnings.warn(f"{self.path}: removing an unfinished last line {tail[keep - size :][:80]!r}", stacklevel=3)
-        os.ftruncate(fh.fileno(), keep)
-        return keep
 
     def records(self) -> list[dict[str, Any]]:
         """All choices in file order as dicts with the keys ``time``, ``rater``, ``left``, ``right``, ``choice``.

@@ -95,24 +95,8 @@ class RatingStore:
             "image": image,
             "value": value,
         }
-        with open(self.path, "a+b") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            needs_header = size == 0 or self._drop_unfinished_line(fh, size) == 0
-            fh.write((_HEADER_LINE if needs_header else b"") + _format_row(record))
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_row(self.path, _HEADER_LINE, _format_row(record))
         return record
-
-    def _drop_unfinished_line(self, fh, size: int) -> int:
-        """Truncate a last line without its newline (a write cut short, never completed); returns the new size."""
-        fh.seek(max(0, size - 4096))
-        tail = fh.read()
-        if tail.endswith(b"\n"):
-            return size
-        keep = size - (len(tail) - tail.rfind(b"\n") - 1) if b"\n" in tail else 0
-        warnings.warn(f"{self.path}: removing an unfinished last line {tail[keep - size :][:80]!r}", stacklevel=3)
-        os.ftruncate(fh.fileno(), keep)
-        return keep
 
     def records(self) -> list[dict[str, Any]]:
         """All ratings in file order as dicts with the keys ``time``, ``rater``, ``image`` and ``value`` (int).
@@ -154,3 +138,29 @@ class RatingStore:
     def raters(self) -> list[str]:
         """The names of everyone who rated, sorted."""
         return sorted({r["rater"] for r in self.records()})
+
+
+def _drop_unfinished_line(fh, size: int, path) -> int:
+    """Truncate a last line without its newline (a write cut short, never completed); returns the new size."""
+    fh.seek(max(0, size - 4096))
+    tail = fh.read()
+    if tail.endswith(b"\n"):
+        return size
+    keep = size - (len(tail) - tail.rfind(b"\n") - 1) if b"\n" in tail else 0
+    warnings.warn(f"{path}: removing an unfinished last line {tail[keep - size :][:80]!r}", stacklevel=4)
+    os.ftruncate(fh.fileno(), keep)
+    return keep
+
+
+def append_row(path, header_line: bytes, row: bytes) -> None:
+    """Append one CSV row to ``path`` in one write, then flush and fsync: a kill loses at most that row.
+
+    A last line left without its newline by an earlier kill is removed first (never completed); the header
+    is written first into an empty file.
+    """
+    with open(path, "a+b") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        needs_header = size == 0 or _drop_unfinished_line(fh, size, path) == 0
+        fh.write((header_line if needs_header else b"") + row)
+        fh.flush()
+        os.fsync(fh.fileno())
