@@ -24,7 +24,7 @@ import numpy as np
 
 from ..runs import PAIRWISE_FILE, RunLayout  # noqa: F401  (PAIRWISE_FILE re-exported)
 from .items import RatingItem, group_sort_key
-from .store import append_row, check_rater
+from .store import append_row, check_rater, read_rows
 
 PAIRWISE_HEADER = ("time", "rater", "left", "right", "choice")
 CHOICES = ("left", "right", "tie")
@@ -117,22 +117,7 @@ class PairwiseStore:
         A missing file has no records. An unfinished last line is never counted; any other malformed line is
         skipped with a warning that names its line number.
         """
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return []
-        lines = data.decode("utf-8", errors="replace").split("\n")
-        unfinished = lines.pop()  # "" when the file ends with a newline
-        out: list[dict[str, Any]] = []
-        for number, line in enumerate(lines, start=1):
-            line = line.rstrip("\r")
-            if not line.strip() or (number == 1 and tuple(line.split(",")) == PAIRWISE_HEADER):
-                continue
-            record = parse_pairwise_row(line)
-            if record is None:
-                warnings.warn(f"{self.path}: skipping malformed line {number}: {line[:80]!r}", stacklevel=2)
-            else:
-                out.append(record)
+        out, unfinished = read_rows(self.path, PAIRWISE_HEADER, parse_pairwise_row)
         if unfinished.strip():
             warnings.warn(f"{self.path}: ignoring the unfinished last line {unfinished[:80]!r}", stacklevel=2)
         return out

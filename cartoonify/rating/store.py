@@ -104,22 +104,7 @@ class RatingStore:
         A missing file has no records. An unfinished last line (no newline: a write cut short) is never counted;
         any other malformed line is skipped with a warning that names its line number.
         """
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return []
-        lines = data.decode("utf-8", errors="replace").split("\n")
-        unfinished = lines.pop()  # "" when the file ends with a newline
-        out: list[dict[str, Any]] = []
-        for number, line in enumerate(lines, start=1):
-            line = line.rstrip("\r")
-            if not line.strip() or (number == 1 and tuple(line.split(",")) == CSV_HEADER):
-                continue
-            record = parse_row(line)
-            if record is None:
-                warnings.warn(f"{self.path}: skipping malformed line {number}: {line[:80]!r}", stacklevel=2)
-            else:
-                out.append(record)
+        out, unfinished = read_rows(self.path, CSV_HEADER, parse_row)
         if unfinished.strip() and parse_row(unfinished.rstrip("\r")) is not None:
             # every add() writes its row and newline in one write, so a last line without its newline is a
             # write that was cut short: "...,10" may have become "...,1". It is not counted.
@@ -164,3 +149,25 @@ def append_row(path, header_line: bytes, row: bytes) -> None:
         fh.write((header_line if needs_header else b"") + row)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def read_rows(path, header: tuple, parse) -> tuple[list[dict[str, Any]], str]:
+    """The rows of an append-only CSV parsed by ``parse`` (malformed lines skipped with a warning naming their
+    number), and its unfinished last line ("" when the file ends with a newline). A missing file has none."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return [], ""
+    lines = data.decode("utf-8", errors="replace").split("\n")
+    unfinished = lines.pop()
+    out: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        line = line.rstrip("\r")
+        if not line.strip() or (number == 1 and tuple(line.split(",")) == header):
+            continue
+        record = parse(line)
+        if record is None:
+            warnings.warn(f"{path}: skipping malformed line {number}: {line[:80]!r}", stacklevel=3)
+        else:
+            out.append(record)
+    return out, unfinished
