@@ -3,12 +3,16 @@
 ::
 
     config.json, run_info.json
+    holdout.json                     the instance images held out of training (for the held-out loss)
     checkpoints/checkpoint-<step>/   a checkpoint; complete when its marker checkpoint.json is there
     validation/step-<step>/          image-XX.png, grid.png, images.json
-    logs/                            TensorBoard events, train_log.csv
+    drift/step-<step>/               the class prompt at fixed seeds (step 0: the base model), images.json
+    logs/                            TensorBoard events, train_log.csv, heldout_loss.csv
     pipeline/                        the fine-tuned pipeline (diffusers format)
     ratings.csv                      every human rating (1-10)
     pairwise.csv                     every pairwise choice (left, right or tie)
+    scores/                          automated scores (<name>.csv) and the embedding cache (cache/)
+    evaluation.json                  03_evaluate's table and its best checkpoint (read by 04 and 05)
     schedulers/<checkpoint>/         the scheduler comparison: <scheduler>/images.json, timing.csv
     stylized/<checkpoint>/           stylized photos, stylized.json
     figures/                         the notebooks' figures and tables
@@ -38,6 +42,9 @@ RUN_INFO_FILE = "run_info.json"
 MARKER = "checkpoint.json"  # the last file of a checkpoint: its presence means the save completed
 IMAGES_JSON = "images.json"  # the record of a folder of generated images
 TRAIN_LOG = "train_log.csv"
+HELDOUT_LOG = "heldout_loss.csv"
+HOLDOUT_FILE = "holdout.json"
+EVALUATION_FILE = "evaluation.json"
 RATINGS_FILE = "ratings.csv"
 PAIRWISE_FILE = "pairwise.csv"
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -93,12 +100,30 @@ class RunLayout:
         return self.validation / f"{VALIDATION_PREFIX}{step}"
 
     @property
+    def holdout(self) -> Path:
+        """The list of held-out instance images (written when a run starts)."""
+        return self.run_dir / HOLDOUT_FILE
+
+    @property
+    def drift(self) -> Path:
+        return self.run_dir / "drift"
+
+    def drift_dir(self, step: int) -> Path:
+        """The class prompt rendered by the model of ``step`` (0: the base model)."""
+        return self.drift / f"{VALIDATION_PREFIX}{step}"
+
+    @property
     def logs(self) -> Path:
         return self.run_dir / self.logging_dir
 
     @property
     def train_log(self) -> Path:
         return self.logs / TRAIN_LOG
+
+    @property
+    def heldout_log(self) -> Path:
+        """The held-out loss at every checkpoint (and at step 0)."""
+        return self.logs / HELDOUT_LOG
 
     @property
     def pipeline(self) -> Path:
@@ -115,6 +140,22 @@ class RunLayout:
     @property
     def pairwise(self) -> Path:
         return self.run_dir / PAIRWISE_FILE
+
+    @property
+    def scores(self) -> Path:
+        return self.run_dir / "scores"
+
+    def scores_csv(self, name: str) -> Path:
+        """A table of automated scores (``checkpoints``, ``schedulers-<checkpoint>``...)."""
+        return self.scores / f"{name}.csv"
+
+    def score_cache(self, model: str) -> Path:
+        """The embedding cache of one evaluation model (``model`` is a file-safe name)."""
+        return self.scores / "cache" / f"{model}.npz"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.run_dir / EVALUATION_FILE
 
     @property
     def figures(self) -> Path:

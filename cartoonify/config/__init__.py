@@ -24,7 +24,11 @@ from .core import (
 )
 from .samplers import DEFAULT_SCHEDULERS, SCHEDULERS, SchedulerSpec, check_scheduler, scheduler_label, scheduler_spec
 from .stages import (
+    CLIP_MODEL,
+    DINO_MODEL,
     PARAMETER_CONFIGS,
+    TINY_CLIP_MODEL,
+    TINY_DINO_MODEL,
     CompareConfig,
     EvalConfig,
     RunConfig,

@@ -16,6 +16,12 @@ from .core import ConfigBase, ConfigError, _did_you_mean, check_choice, coerce, 
 from .samplers import DEFAULT_SCHEDULERS, check_scheduler
 from .training import TrainConfig
 
+CLIP_MODEL = "openai/clip-vit-large-patch14"  # CLIP-T and CLIP image similarity (the DreamBooth paper's CLIP-I)
+DINO_MODEL = "facebook/dino-vits16"  # DINO image similarity, as in the DreamBooth paper
+TINY_CLIP_MODEL = "embedded:tiny-clip-random"  # a tiny random CLIP the package builds (tests, the demo)
+TINY_DINO_MODEL = "embedded:tiny-dino-random"  # a tiny random DINO ViT the package builds (tests, the demo)
+
+
 @dataclass
 class RunConfig(ConfigBase):
     """Where a run lives, ``<outputs_dir>/<run_name>``; shared by every notebook."""
@@ -38,11 +44,28 @@ class EvalConfig(ConfigBase):
     rating_seed: int = 0  # seed of the blind order
     rating_mode: str = "image"  # "image": one at a time, "grid": a checkpoint's images side by side
     bootstrap_resamples: int = 10000  # resamples of the 95% confidence interval
+    display_size: int = 0  # pixels an image is shown at; 0: its own size, at most 512
+    # automated scores (cartoonify.evaluation): models by hub id or local folder, cached per image file
+    clip_model: str = CLIP_MODEL  # CLIP-T (prompt fidelity) and CLIP style similarity to the instance images
+    dino_model: str = DINO_MODEL  # DINO similarity to the instance images
+    style_top_k: int = 5  # style similarity: mean of the k most similar instance images
+    score_batch_size: int = 16  # images per forward pass of an evaluation model
+    drift_images: int = 4  # class-prompt images per checkpoint and for the base model, same seeds (0: no drift)
+    min_ratings: int = 8  # ratings per checkpoint before "best" follows the human mean, else the automated rule
+    overfit_tolerance: float = 0.1  # automated rule: held-out loss at most this share above the run's lowest
 
     def validate(self):
         check_choice("rating_mode", self.rating_mode, ("image", "grid"))
         if self.bootstrap_resamples < 100:
             raise ConfigError(f"config key 'bootstrap_resamples' must be >= 100, got {self.bootstrap_resamples}")
+        for key in ("style_top_k", "score_batch_size", "min_ratings"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key '{key}' must be >= 1, got {getattr(self, key)}")
+        for key in ("display_size", "drift_images"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"config key '{key}' must be >= 0, got {getattr(self, key)}")
+        if self.overfit_tolerance < 0:
+            raise ConfigError(f"config key 'overfit_tolerance' must be >= 0, got {self.overfit_tolerance}")
         return self
 
 
