@@ -38,13 +38,13 @@ from cartoonify.rating import (
 from cartoonify.rating.pairwise import PAIRWISE_FILE
 
 
-def _png(color: tuple[int, int, int], size: int = 4) -> bytes:
+def _png(color: tuple[int, int, int], size: int | tuple[int, int] = 4) -> bytes:
     buf = io.BytesIO()
-    Image.new("RGB", (size, size), color).save(buf, format="PNG")
+    Image.new("RGB", (size, size) if isinstance(size, int) else size, color).save(buf, format="PNG")
     return buf.getvalue()
 
 
-def make_run(root: Path, steps=(500, 1000, 1500), seeds=(42, 43), nsfw=(), size: int = 4) -> Path:
+def make_run(root: Path, steps=(500, 1000, 1500), seeds=(42, 43), nsfw=(), size: int | tuple = 4) -> Path:
     """A fake run: ``validation/step-<s>/image-XX.png`` + ``images.json``; ``nsfw`` holds flagged (step, seed)."""
     for step in steps:
         folder = root / "validation" / f"step-{step}"
@@ -71,7 +71,7 @@ def run_dir(tmp_path) -> Path:
 
 def test_store_roundtrip(tmp_path):
     store = PairwiseStore(tmp_path)
-    assert store.records() == [] and store.last_rater() == "" and store.path == tmp_path / PAIRWISE_FILE
+    assert store.records() == [] and store.last_rater() is None and store.path == tmp_path / PAIRWISE_FILE
     store.add("a.png", "b.png", "alice", "left")
     store.add(Path("c") / "d.png", "a.png", " bob ", "tie")
     store.add("b.png", "a.png", "alice", "right")  # the same pair, shown the other way round: replaces
@@ -404,6 +404,45 @@ def test_widget_is_blind_and_sized(tmp_path):
     big = make_run(tmp_path / "big", steps=(1, 2), seeds=(0,), size=600)
     w = pairwise_session(big, rater="alice")
     assert w.image_area.children[0].children[1].width == "512"  # capped
+
+
+def _widths(w) -> list[str]:
+    return [box.children[1].width for box in w.image_area.children]
+
+
+@pytest.mark.parametrize("side, shown", [(64, "64"), (512, "512"), (768, "512")])
+def test_widget_shows_images_at_their_own_size_at_most_512(tmp_path, side, shown):
+    run = make_run(tmp_path / "run", steps=(1, 2), seeds=(0,), size=side)
+    w = pairwise_session(run, rater="alice")
+    assert w.display_size == 0 and _widths(w) == [shown, shown]
+    assert _widths(PairwiseWidget(make_pairs(collect_items(run)), run, rater="alice")) == [shown, shown]
+    assert _widths(pairwise_session(run, rater="alice", display_size=300)) == ["300", "300"]  # used as is
+
+
+def test_widget_display_size_per_image(tmp_path):
+    run = make_run(tmp_path / "run", steps=(1, 2), seeds=(0,), size=64)
+    (run / "validation" / "step-2" / "image-00.png").write_bytes(_png((9, 9, 9), (768, 384)))
+    w = pairwise_session(run, rater="alice")
+    sizes = {1: "64", 2: "512"}  # each image its own size; the wide one's longer side capped at 512
+    assert _widths(w) == [sizes[w.current.left.group], sizes[w.current.right.group]]
+    with pytest.raises(ValueError, match="display_size"):
+        pairwise_session(run, display_size=-5)
+
+
+def test_widget_prefills_the_most_recent_rater(run_dir):
+    assert pairwise_session(run_dir).rater_box.value == ""  # an empty store: an empty box
+    store = PairwiseStore(run_dir)
+    pairs = make_pairs(collect_items(run_dir))
+    store.add(pairs[0].left.path, pairs[0].right.path, "alice", "left")
+    store.add(pairs[1].left.path, pairs[1].right.path, "bob", "tie")
+    store.add(pairs[2].left.path, pairs[2].right.path, "alice", "right")
+    store.add(pairs[0].right.path, pairs[0].left.path, "bob", "left")  # bob chose last
+    assert store.last_rater() == "bob"
+    w = pairwise_session(run_dir)
+    assert w.rater_box.value == "bob" and w.rater == "bob" and w.remaining == 4 and w.current == pairs[2]
+    assert pairwise_session(run_dir, rater="carol").rater_box.value == "carol"  # an explicit rater wins
+    assert pairwise_session(run_dir, rater="").rater == "bob"  # an empty name is no name
+    assert PairwiseWidget(pairs, run_dir).rater == ""  # the bare widget knows no store
 
 
 def test_widget_resumes_after_restart_and_keeps_raters_apart(run_dir):

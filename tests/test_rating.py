@@ -36,9 +36,9 @@ from cartoonify.rating import (
 from cartoonify.runs import RunLayout
 
 
-def _png(color: tuple[int, int, int]) -> bytes:
+def _png(color: tuple[int, int, int], size: int | tuple[int, int] = 4) -> bytes:
     buf = io.BytesIO()
-    Image.new("RGB", (4, 4), color).save(buf, format="PNG")
+    Image.new("RGB", (size, size) if isinstance(size, int) else size, color).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -170,6 +170,18 @@ def test_store_rejects_bad_image_paths(tmp_path, image):
     with pytest.raises(ValueError, match="image path"):
         RatingStore(tmp_path).add(image, "alice", 5)
     assert not (tmp_path / "ratings.csv").exists()
+
+
+def test_store_last_rater(tmp_path):
+    store = RatingStore(tmp_path)
+    assert store.last_rater() is None  # no file
+    store.path.write_text("time,rater,image,value\n")
+    assert store.last_rater() is None  # only the header
+    store.add("a.png", "bob", 3)
+    store.add("b.png", "alice", 5)
+    store.add("a.png", " carol ", 4)
+    store.add("c.png", "alice", 6)
+    assert RatingStore(tmp_path).last_rater() == "alice"  # the last row, not the last name in order
 
 
 def test_store_other_filename(tmp_path):
@@ -429,6 +441,94 @@ def test_two_raters_are_kept_apart(run_dir):
     assert RatingStore(run_dir).raters() == ["alice", "bob"]
 
 
+def test_session_prefills_the_most_recent_rater(run_dir):
+    assert rating_session(run_dir).rater_box.value == ""  # an empty store: an empty box
+    assert rating_session(run_dir).rater == "" and "Enter your name" in rating_session(run_dir).status_html.value
+    store = RatingStore(run_dir)
+    store.add("validation/step-500/image-00.png", "alice", 7)
+    store.add("validation/step-3500/image-00.png", "bob", 4)
+    store.add("validation/step-500/image-00.png", "alice", 8)
+    store.add("validation/step-3500/image-01.png", "bob", 5)  # bob rated last
+    w = rating_session(run_dir)  # a kernel restart, no rater given
+    assert w.rater_box.value == "bob" and w.rater == "bob" and w.remaining == 3
+    assert w.current.path not in {"validation/step-3500/image-00.png", "validation/step-3500/image-01.png"}
+    w.buttons[0].click()  # ready to rate at once
+    assert RatingStore(run_dir).records()[-1]["rater"] == "bob"
+    explicit = rating_session(run_dir, rater="carol")  # an explicit rater wins
+    assert explicit.rater_box.value == "carol" and explicit.remaining == 5
+    assert rating_session(run_dir, rater="").rater == "bob"  # an empty name (the config default) is no name
+    assert RatingWidget(collect_items(run_dir), run_dir).rater == ""  # the bare widget knows no store
+
+
+def _sized_run(root: Path, sizes: dict[int, list]) -> Path:
+    """A run whose step ``s`` has one image per entry of ``sizes[s]`` (a side, or ``(width, height)``)."""
+    for step, shapes in sizes.items():
+        folder = root / "validation" / f"step-{step}"
+        folder.mkdir(parents=True)
+        records = []
+        for i, shape in enumerate(shapes):
+            (folder / f"image-{i:02d}.png").write_bytes(_png((i * 40, 0, 0), shape))
+            records.append({"file": f"image-{i:02d}.png", "seed": i})
+        (folder / "images.json").write_text(json.dumps({"step": step, "images": records}))
+    return root
+
+
+def _shown_widths(w: RatingWidget) -> dict[str, str]:
+    """``path -> width`` of the image widgets on the current page."""
+    page = [i for i in w.order if i.group == w.current.group] if w.mode == "grid" else [w.current]
+    return {i.path: tile.children[0].width for i, tile in zip(page, w.image_area.children)}
+
+
+@pytest.mark.parametrize("side, shown", [(64, "64"), (512, "512"), (768, "512")])
+def test_widget_shows_an_image_at_its_own_size_at_most_512(tmp_path, side, shown):
+    run = _sized_run(tmp_path / "run", {100: [side]})
+    for w in (rating_session(run, rater="alice"), RatingWidget(collect_items(run), run, rater="alice")):
+        assert w.display_size == 0
+        image = w.image_area.children[0].children[0]
+        assert bytes(image.value) == (run / w.current.path).read_bytes() and image.width == shown
+    assert rating_session(run, rater="alice", display_size=200).image_area.children[0].children[0].width == "200"
+
+
+def test_widget_display_size_per_image_in_grid_mode(tmp_path):
+    run = _sized_run(tmp_path / "run", {100: [64, 512, 768, (1024, 512)], 200: [32]})
+    w = rating_session(run, rater="alice", mode="grid", blind=False)
+    assert w.current.group == 100 and _shown_widths(w) == {
+        "validation/step-100/image-00.png": "64",
+        "validation/step-100/image-01.png": "512",
+        "validation/step-100/image-02.png": "512",
+        "validation/step-100/image-03.png": "512",  # the longer side capped, the aspect ratio kept
+    }
+    tall = _sized_run(tmp_path / "tall", {1: [(256, 1024)]})
+    assert rating_session(tall, rater="a").image_area.children[0].children[0].width == "128"
+    fixed = rating_session(run, rater="alice", mode="grid", blind=False, display_size=300)
+    assert set(_shown_widths(fixed).values()) == {"300"}
+    for _ in range(4):
+        w.buttons[4].click()
+    assert w.current.group == 200 and list(_shown_widths(w).values()) == ["32"]
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "256", True, None])
+def test_widget_rejects_bad_display_sizes(tmp_path, bad):
+    run = _sized_run(tmp_path / "run", {100: [8]})
+    with pytest.raises(ValueError, match="display_size"):
+        RatingWidget(collect_items(run), run, display_size=bad)
+
+
+def test_display_width_reads_the_header_only(tmp_path, monkeypatch):
+    from cartoonify.rating.widget import MAX_DISPLAY_SIZE, display_width
+
+    path = tmp_path / "big.png"
+    path.write_bytes(_png((1, 2, 3), (900, 300)))
+    from PIL import ImageFile
+
+    Image.init()  # the format plugins, some of which build images on import
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("the pixels were decoded"))
+    assert display_width(path) == MAX_DISPLAY_SIZE and display_width(path, 77) == 77
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    assert display_width(tmp_path / "junk.png") == MAX_DISPLAY_SIZE == 512
+    assert display_width(tmp_path / "missing.png") == 512
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # statistics
 # ---------------------------------------------------------------------------------------------------------------
@@ -554,12 +654,36 @@ def test_summary_text():
     assert lines[0] == "| step | n | mean | std | 95% CI | excluded |" and len(lines) == 5
     assert "| 500 | 2 | 3.50 | 0.71 |" in table and "**3500**" in table and "| 9000 | 0 | n/a |" in table
     page = summary_html(summaries, group_label="scheduler")
-    assert page.startswith("<p>Best scheduler: 3500") and "<table>" in page and page.count("<tr") == 4
+    assert page.startswith("<table>") and "Best" not in page and page.count("<tr") == 4
     assert "<th>scheduler</th>" in page and page.count("font-weight:bold") == 1
     assert "<tr style='font-weight:bold'><td style='text-align:right'>3500</td>" in page
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         summary_table(summarize(items, {}))
+
+
+@pytest.mark.parametrize("rated", [True, False])
+def test_summary_sentence_is_shown_once(rated):
+    """The notebook cell ``display(HTML(summary_html(s))); print(summary_message(s))`` shows the sentence once."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.display import HTML, display
+    from IPython.utils.capture import capture_output
+
+    items, ratings = _stats_fixture()
+    summaries = summarize(items, ratings if rated else {})
+    sentence = summary_message(summaries)
+    assert sentence.startswith("Best step: 3500" if rated else "No ratings yet")
+    had_shell = InteractiveShell.initialized()
+    InteractiveShell.instance()  # a shell, so that display() publishes rich output as in a notebook
+    try:
+        with capture_output() as out:
+            display(HTML(summary_html(summaries)))
+            print(summary_message(summaries))
+    finally:
+        if not had_shell:
+            InteractiveShell.clear_instance()
+    shown = out.stdout + "".join(o.data.get("text/html", "") for o in out.outputs)
+    assert "<table>" in shown and shown.count(sentence) == 1
 
 
 def test_write_summary_csv(tmp_path):

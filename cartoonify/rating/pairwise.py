@@ -135,10 +135,11 @@ class PairwiseStore:
         """The names of everyone who judged a pair, sorted."""
         return sorted({r["rater"] for r in self.records()})
 
-    def last_rater(self) -> str:
-        """The rater of the most recent choice, or ``""`` when there is none."""
+    def last_rater(self) -> str | None:
+        """The rater of the most recent choice (the last row of the file, which is append-only), or ``None`` when
+        there is none (a missing or empty file)."""
         records = self.records()
-        return records[-1]["rater"] if records else ""
+        return records[-1]["rater"] if records else None
 
 
 # ----------------------------------------------------------------------------------------------------------------

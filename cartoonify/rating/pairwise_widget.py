@@ -9,7 +9,6 @@ stays light.
 from __future__ import annotations
 
 import html
-import io
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -17,10 +16,10 @@ from typing import Any
 
 from .items import RatingItem, collect_items
 from .pairwise import Pair, PairwiseStore, check_choice, make_pairs
+from .widget import MAX_DISPLAY_SIZE, check_display_size, display_width  # noqa: F401  (MAX_DISPLAY_SIZE re-exported)
 
 ChoiceCallback = Callable[[str, str, str, str], Any]
 
-MAX_DISPLAY_SIZE = 512
 KEYS = {
     "left": ("a", "1", "left"),
     "right": ("d", "2", "right"),
@@ -37,27 +36,13 @@ def parse_pair_key(text: str) -> str | None:
     return next((action for action, keys in KEYS.items() if text in keys), None)
 
 
-def display_width(data: bytes, display_size: int | None) -> int:
-    """The width to show an image at: ``display_size`` if given, else the image's own width up to
-    :data:`MAX_DISPLAY_SIZE` (``MAX_DISPLAY_SIZE`` when the width cannot be read)."""
-    if display_size is not None:
-        return int(display_size)
-    try:
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as image:
-            return min(image.width, MAX_DISPLAY_SIZE)
-    except (OSError, ValueError):  # not an image PIL can read
-        return MAX_DISPLAY_SIZE
-
-
-def _image_box(path: Path, caption: str, display_size: int | None):
-    """A ``VBox(caption, image)`` for the image at ``path``; a missing file shows an error instead."""
+def _image_box(path: Path, caption: str, display_size: int):
+    """A ``VBox(caption, image)`` for the image at ``path`` shown at :func:`display_width`; a missing file shows an
+    error instead."""
     import ipywidgets as widgets
 
     try:
-        data = path.read_bytes()
-        body = widgets.Image(value=data, format="png", width=display_width(data, display_size))
+        body = widgets.Image(value=path.read_bytes(), format="png", width=display_width(path, display_size))
     except OSError as exc:
         body = widgets.HTML(f"<span style='color:#c0392b'>cannot read image: {html.escape(str(exc))}</span>")
     return widgets.VBox([widgets.HTML(f"<b>{caption}</b>"), body])
@@ -84,7 +69,8 @@ class PairwiseWidget:
         run_dir: the folder the images' paths are relative to.
         judged: ``rater -> pair keys already judged``; called when the rater's name changes so that judging
             resumes at that rater's first unjudged pair.
-        display_size: display width of each image in pixels (default: its own width, at most 512).
+        display_size: display width of each image in pixels; ``0`` (the default): the image's own size, at most
+            :data:`MAX_DISPLAY_SIZE` (see :func:`display_width`; applied to each of the two images).
         rater: the name to start with (may be empty).
 
     Buttons "left", "right", "tie" and "skip"; the key box takes ``a`` or ``1`` (left), ``d`` or ``2`` (right),
@@ -97,11 +83,11 @@ class PairwiseWidget:
         pairs: Iterable[Pair],
         run_dir: str | os.PathLike,
         judged: Callable[[str], set[tuple[str, str]]] = lambda rater: set(),
-        display_size: int | None = None,
+        display_size: int = 0,
         rater: str = "",
     ):
         self.run_dir = Path(run_dir)
-        self.display_size = display_size
+        self.display_size = check_display_size(display_size)
         self._pairs: list[Pair] = list(pairs)
         self._judged_source = judged
         self._callbacks: list[ChoiceCallback] = []
@@ -112,7 +98,7 @@ class PairwiseWidget:
         self._message = ""
         self._shown: Any = object()
         self._widget = self._build()
-        self.rater_box.value = rater
+        self.rater_box.value = rater or ""
         self._refresh()
 
     def _build(self):
@@ -282,14 +268,20 @@ def pairwise_session(
     rater: str | None = None,
     by: str = "group",
     seed: int = 0,
+    display_size: int = 0,
     **widget_kwargs: Any,
 ) -> PairwiseWidget:
     """A :class:`PairwiseWidget` over :func:`make_pairs` of ``items`` (default: the run's validation images)
-    saving into ``store`` (default: ``PairwiseStore(run_dir)``). The rater box holds ``rater`` or, when that is
-    empty, the store's most recent rater; a new session after a kernel restart resumes where the rater stopped."""
+    saving into ``store`` (default: ``PairwiseStore(run_dir)``), its images shown at ``display_size`` (``0``:
+    their own size, at most :data:`MAX_DISPLAY_SIZE`). The rater box holds ``rater`` or, when that is empty or
+    ``None``, the store's most recent rater (:meth:`PairwiseStore.last_rater`); a new session after a kernel
+    restart resumes where the rater stopped."""
     store = PairwiseStore(run_dir) if store is None else store
     items = collect_items(run_dir) if items is None else items
     pairs = make_pairs(items, by=by, seed=seed)
-    widget = PairwiseWidget(pairs, run_dir, judged=store.judged_by, rater=rater or store.last_rater(), **widget_kwargs)
+    name = rater or store.last_rater() or ""
+    widget = PairwiseWidget(
+        pairs, run_dir, judged=store.judged_by, display_size=display_size, rater=name, **widget_kwargs
+    )
     widget.on_choice(store.add)
     return widget

@@ -168,7 +168,11 @@ def summary_table(summaries: Sequence[GroupSummary], group_label: str = "step") 
 
 
 def summary_html(summaries: Sequence[GroupSummary], group_label: str = "step") -> str:
-    """The summaries as a plain HTML table for notebooks (the best group in bold), preceded by the message."""
+    """The summaries as a plain HTML table for notebooks (the best group in bold).
+
+    The table only: the sentence naming the best group is :func:`summary_message`'s alone, so that a notebook that
+    shows both (``display(HTML(summary_html(s))); print(summary_message(s))``) shows it once.
+    """
     summaries = list(summaries)
     best = best_group(summaries)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in _header(summaries, group_label))
@@ -177,8 +181,7 @@ def summary_html(summaries: Sequence[GroupSummary], group_label: str = "step") -
         style = " style='font-weight:bold'" if s is best else ""
         cells = "".join(f"<td style='text-align:right'>{html.escape(c)}</td>" for c in row)
         body.append(f"<tr{style}>{cells}</tr>")
-    message = html.escape(summary_message(summaries, group_label=group_label))
-    return f"<p>{message}</p><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def summary_message(summaries: Iterable[GroupSummary], group_label: str = "step") -> str:

@@ -124,6 +124,12 @@ class RatingStore:
         """The names of everyone who rated, sorted."""
         return sorted({r["rater"] for r in self.records()})
 
+    def last_rater(self) -> str | None:
+        """The rater of the most recent rating (the last row of the file, which is append-only), or ``None`` when
+        there is none (a missing or empty file)."""
+        records = self.records()
+        return records[-1]["rater"] if records else None
+
 
 def _drop_unfinished_line(fh, size: int, path) -> int:
     """Truncate a last line without its newline (a write cut short, never completed); returns the new size."""

@@ -7,6 +7,7 @@ ipywidgets is imported when a widget is built, so importing this module stays li
 from __future__ import annotations
 
 import html
+import numbers
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ RatingCallback = Callable[[str, str, int], Any]
 _ACTIVE_BORDER = "4px solid #e67e22"
 _IDLE_BORDER = "4px solid transparent"
 _KEY_HINT = "1-9, 10 or 0 (=10), s = skip; Enter"
+MAX_DISPLAY_SIZE = 512  # the largest size an image is shown at by default (``display_size=0``)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -201,12 +203,44 @@ def status_text(
     return f"{text} &mdash; {message}" if message else text
 
 
-def _tile(path: Path, width: int):
-    """A ``VBox(image, caption)`` for the image at ``path``; a missing file shows an error instead."""
+def check_display_size(display_size: Any) -> int:
+    """Return ``display_size`` as an ``int`` if it is a whole number >= 0, else raise ``ValueError`` naming it."""
+    if isinstance(display_size, bool) or not isinstance(display_size, numbers.Integral) or display_size < 0:
+        raise ValueError(
+            f"display_size must be a whole number of pixels >= 0 (0: the image's own size), got {display_size!r}"
+        )
+    return int(display_size)
+
+
+def display_width(path: str | os.PathLike, display_size: int = 0) -> int:
+    """The width in pixels to show the image at ``path`` at.
+
+    A positive ``display_size`` is used as is. ``0`` means the image's own size, scaled down (keeping its aspect
+    ratio) so that its longer side is at most :data:`MAX_DISPLAY_SIZE`: a 64 px image is shown at 64, a 512 px one
+    at 512, a 768 px one at 512. The size is read from the file's header (``PIL.Image.open(path).size``, without
+    decoding the pixels); a file PIL cannot read is shown at :data:`MAX_DISPLAY_SIZE`.
+    """
+    display_size = check_display_size(display_size)
+    if display_size:
+        return display_size
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, ValueError, Image.DecompressionBombError):  # missing, or not an image PIL can read
+        return MAX_DISPLAY_SIZE
+    longest = max(width, height, 1)
+    return max(1, round(width * min(1.0, MAX_DISPLAY_SIZE / longest)))
+
+
+def _tile(path: Path, display_size: int):
+    """A ``VBox(image, caption)`` for the image at ``path`` shown at :func:`display_width`; a missing file shows an
+    error instead."""
     import ipywidgets as widgets
 
     try:
-        body = widgets.Image(value=path.read_bytes(), format="png", width=width)
+        body = widgets.Image(value=path.read_bytes(), format="png", width=display_width(path, display_size))
     except OSError as exc:
         body = widgets.HTML(_error(f"cannot read image: {html.escape(str(exc))}"))
     return widgets.VBox([body, widgets.HTML()], layout=widgets.Layout(border=_IDLE_BORDER))
@@ -229,8 +263,10 @@ class RatingWidget:
         seed: the seed of the blind order (``numpy.random.default_rng(seed).permutation``).
         mode: ``"image"`` shows one image at a time; ``"grid"`` shows all images of one group side by side,
             the active one highlighted (ratings stay per image).
-        image_width: display width of each image in pixels.
+        display_size: display width of each image in pixels; ``0`` (the default): the image's own size, at most
+            :data:`MAX_DISPLAY_SIZE` (see :func:`display_width`; applied per image, also in grid mode).
         group_label: what a group is called ("step", "scheduler", ...).
+        rater: the name to start with (may be empty: the rater types it in the box).
 
     Register callbacks with :meth:`on_rating`; each rating calls them as ``callback(path, rater, value)``.
     """
@@ -243,15 +279,16 @@ class RatingWidget:
         blind: bool = True,
         seed: int = 0,
         mode: str = "image",
-        image_width: int = 256,
+        display_size: int = 0,
         group_label: str = "step",
+        rater: str = "",
     ):
         if mode not in ("image", "grid"):
             raise ValueError(f"mode must be 'image' or 'grid', got {mode!r}")
         self.run_dir = Path(run_dir)
         self.mode = mode
         self.seed = seed
-        self.image_width = image_width
+        self.display_size = check_display_size(display_size)
         self.group_label = group_label
         self._rated_source = rated
         self._callbacks: list[RatingCallback] = []
@@ -266,6 +303,7 @@ class RatingWidget:
         self._tiles: dict[str, Any] = {}
         self._page_key: Any = object()
         self._widget = self._build()
+        self.rater_box.value = rater or ""
         self._refresh()
 
     def _build(self):
@@ -428,7 +466,7 @@ class RatingWidget:
         page = self._cursor.page(self.mode)
         for i in page:
             if i.path not in self._tiles:
-                self._tiles[i.path] = _tile(self.run_dir / i.path, self.image_width)
+                self._tiles[i.path] = _tile(self.run_dir / i.path, self.display_size)
         tiles = [self._tiles[i.path] for i in page]
         grid = self.mode == "grid"
         for number, (i, tile) in enumerate(zip(page, tiles), start=1):
@@ -470,12 +508,18 @@ def rating_session(
     run_dir: str | os.PathLike,
     items: Sequence[RatingItem] | None = None,
     store: RatingStore | None = None,
+    rater: str | None = None,
+    display_size: int = 0,
     **widget_kwargs: Any,
 ) -> RatingWidget:
     """A :class:`RatingWidget` over ``items`` (default: the run's validation images) saving into ``store``
-    (default: ``RatingStore(run_dir)``); a new session after a kernel restart resumes where the rater stopped."""
+    (default: ``RatingStore(run_dir)``), its images shown at ``display_size`` (``0``: their own size, at most
+    :data:`MAX_DISPLAY_SIZE`). The rater box holds ``rater`` or, when that is empty or ``None``, the store's most
+    recent rater (:meth:`RatingStore.last_rater`), so that a new session after a kernel restart resumes where the
+    rater stopped."""
     store = RatingStore(run_dir) if store is None else store
     items = collect_items(run_dir) if items is None else items
-    widget = RatingWidget(items, run_dir, rated=store.rated_by, **widget_kwargs)
+    name = rater or store.last_rater() or ""
+    widget = RatingWidget(items, run_dir, rated=store.rated_by, display_size=display_size, rater=name, **widget_kwargs)
     widget.on_rating(store.add)
     return widget
