@@ -6,7 +6,7 @@ first use, so that ``import cartoonify`` stays light. ``import cartoonify.<modul
 module. The layers, each importing only those before it::
 
     utils -> config -> runs -> imaging, style -> models -> data -> training
-           -> rating -> sampling -> comparison, stylize -> plots -> notebooks
+           -> rating -> sampling -> evaluation -> comparison, stylize -> plots -> notebooks
 """
 
 from __future__ import annotations
@@ -93,12 +93,26 @@ _EXPORTS = {
     "pairwise_html": "rating",
     "style_score": "style",
     "mean_style_score": "style",
+    # evaluation: automated scores beside the human ratings
+    "evaluate_run": "evaluation",
+    "run_scorer": "evaluation",
+    "scheduler_scores": "evaluation",
+    "render_drift_images": "evaluation",
+    "choose_best": "evaluation",
+    "format_agreement": "evaluation",
+    "rating_widget": "evaluation",
+    "human_summary": "evaluation",
+    "human_summary_html": "evaluation",
+    "load_encoder": "evaluation",
+    "EvalModelUnavailable": "evaluation",
+    "read_evaluation": "runs",
     # sampling, comparison, stylize
     "load_finetuned": "sampling",
     "choose_checkpoint": "sampling",
     "load_run_pipeline": "sampling",
     "compare_schedulers": "comparison",
     "timing_html": "comparison",
+    "comparison_html": "comparison",
     "stylize_photos": "stylize",
     # notebooks
     "enter_project_root": "notebooks",

@@ -218,3 +218,31 @@ def comparison_images(out_dir: str | Path, schedulers: Sequence[str]) -> list[li
         meta = read_images_json(Path(out_dir) / name)
         rows.append([Image.open(Path(out_dir) / name / r["file"]).convert("RGB") for r in meta["images"]])
     return rows
+
+
+def comparison_html(rows: Sequence[SchedulerTiming], scores: Sequence[dict] = (), pairwise: Sequence[Any] = ()) -> str:
+    """One table per scheduler: steps, UNet evaluations and seconds per image, the automated scores of its
+    images (``scores``: rows with a ``scheduler`` key) and, when there are pairwise choices, its
+    Bradley-Terry strength (``pairwise``: :class:`~cartoonify.rating.PairwiseSummary` rows)."""
+    import html
+    import math
+
+    by_name = {r["scheduler"]: r for r in scores}
+    strength = {p.group: p for p in pairwise if p.n}
+    keys = ["clip_t", "clip_style", "dino", "style_score"]
+    head = ["scheduler", "class", "steps", "UNet evals / image", "s / image", *keys]
+    if strength:
+        head.append("pairwise strength [95% CI]")
+
+    def fmt(v):
+        return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3f}"
+
+    body = []
+    for r in rows:
+        cells = [html.escape(r.label), r.class_name, str(r.steps), f"{r.model_evals_per_image:g}",
+                 f"{r.seconds_per_image:.3f}", *[fmt(by_name.get(r.scheduler, {}).get(k)) for k in keys]]
+        if strength:
+            p = strength.get(r.scheduler)
+            cells.append(f"{p.strength:+.2f} [{p.ci_low:.2f}, {p.ci_high:.2f}]" if p else "–")
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(body) + "</table>"

@@ -237,3 +237,80 @@ def stylize_figure(out_dir: str | Path, photo_stem: str, strengths: Sequence[flo
     fig.suptitle(photo_stem, fontsize="medium")
     fig.tight_layout()
     return fig
+
+
+# panels of the evaluation figure: (title, [(column, label)], y label)
+EVALUATION_PANELS = (
+    ("prompt fidelity", [("clip_t", "CLIP-T")], "100 x cosine"),
+    ("similarity to the instance images", [("clip_style", "CLIP top-k"), ("dino", "DINO")], "cosine"),
+    ("weight-free style score", [("style_score", "style score")], "0 photo, 1 cartoon"),
+    ("drift from the base model (class prompt)", [("drift_clip", "CLIP"), ("drift_dino", "DINO"),
+                                                  ("drift_ssim", "1 - SSIM")], "distance"),
+    ("held-out loss", [("heldout_instance", "held-out instance"), ("heldout_class", "class")], "DreamBooth loss"),
+)
+
+
+def _plot_columns(ax, rows: Sequence[dict], columns, title: str, ylabel: str) -> None:
+    drawn = False
+    for key, label in columns:
+        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=label)
+            drawn = True
+    ax.set_title(title, fontsize="medium")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    if drawn:
+        ax.legend(fontsize="x-small")
+    else:
+        ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+
+
+def evaluation_figure(rows: Sequence[dict], best: dict | None = None):
+    """One panel per view of the checkpoints against the step: the human mean with its CI, prompt
+    fidelity, similarity to the instance images, the weight-free style score, drift, and the held-out loss;
+    the best checkpoint marked in every panel."""
+    plt = _plt()
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7))
+    axes = axes.ravel()
+    rated = [r for r in rows if r.get("n")]
+    ax = axes[0]
+    if rated:
+        err = np.array([[r["mean"] - r["ci_low"] for r in rated], [r["ci_high"] - r["mean"] for r in rated]])
+        ax.errorbar([r["step"] for r in rated], [r["mean"] for r in rated], yerr=err, marker="o", capsize=3,
+                    color="tab:green", label="mean, 95% CI")
+        ax.legend(fontsize="x-small")
+    else:
+        ax.text(0.5, 0.5, "no ratings yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylim(0.5, 10.5)
+    ax.set_title("human rating (1-10)", fontsize="medium")
+    ax.set_xlabel("step")
+    for ax, (title, columns, ylabel) in zip(axes[1:], EVALUATION_PANELS):
+        _plot_columns(ax, rows, columns, title, ylabel)
+    if best and best.get("step") is not None:
+        for ax in axes:
+            ax.axvline(best["step"], color="red", linestyle=":", linewidth=1)
+        fig.suptitle(f"best: {best['checkpoint']} ({best['rule']}; red line)", fontsize="medium")
+    fig.tight_layout()
+    return fig
+
+
+def scheduler_scores_figure(score_rows: Sequence[dict]):
+    """The automated scores of each scheduler's images, one bar chart per score."""
+    plt = _plt()
+    keys = [("clip_t", "CLIP-T"), ("clip_style", "CLIP top-k similarity"), ("dino", "DINO similarity"),
+            ("style_score", "style score")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4))
+    labels = [r["scheduler"] for r in score_rows]
+    for ax, (key, title) in zip(axes, keys):
+        values = [r.get(key, math.nan) for r in score_rows]
+        if all(not (isinstance(v, float) and math.isfinite(v)) for v in values):
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+        else:
+            ax.bar(labels, [0 if not math.isfinite(v) else v for v in values], color="tab:purple")
+        ax.set_title(title, fontsize="medium")
+        ax.tick_params(axis="x", rotation=45)
+        for tick in ax.get_xticklabels():
+            tick.set_horizontalalignment("right")
+    fig.tight_layout()
+    return fig

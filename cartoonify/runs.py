@@ -237,6 +237,17 @@ def read_images_json(folder_or_file: str | Path) -> dict[str, Any]:
     return data
 
 
+def read_evaluation(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's ``evaluation.json`` (03_evaluate's table and best checkpoint), or ``None`` if not written yet."""
+    path = layout_of(run_dir).evaluation
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"cannot read {path}: {err}; rerun 03_evaluate") from err
+
+
 # ------------------------------------------------------------------------------------------------
 # checkpoints: completeness marker, listing, resolving
 # ------------------------------------------------------------------------------------------------

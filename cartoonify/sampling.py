@@ -20,7 +20,7 @@ from .models import (
     resolve_model,
 )
 from .rating import RatingStore, best_group, collect_items, summarize
-from .runs import CHECKPOINT_PREFIX, list_checkpoints, load_config, resolve_checkpoint
+from .runs import CHECKPOINT_PREFIX, list_checkpoints, load_config, read_evaluation, resolve_checkpoint
 from .training.checkpoint import TEXT_ENCODER, UNET
 
 
@@ -94,14 +94,18 @@ def load_finetuned(
 def choose_checkpoint(run_dir: str | Path, which: str = "best") -> tuple[Path, str]:
     """Resolve a checkpoint choice to ``(path, label)``.
 
-    ``which``: ``"best"`` (highest mean rating so far, else the latest), ``"latest"``, ``"pipeline"``
-    (the final pipeline) or a ``checkpoint-<step>`` folder name.
+    ``which``: ``"best"``, ``"latest"``, ``"pipeline"`` (the final pipeline) or a ``checkpoint-<step>``
+    folder name. "best" is the one ``evaluation.json`` names (03_evaluate's rule: human mean with enough
+    ratings, else automated scores); before 03 has run, the highest mean rating so far; else the latest.
     """
     run_dir = Path(run_dir)
     if which == "best":
         ckpts = {p.name: p for p in list_checkpoints(run_dir)}
-        best = best_group(summarize(collect_items(run_dir), RatingStore(run_dir).records(), n_resamples=100))
-        name = f"{CHECKPOINT_PREFIX}{best.group}" if best is not None else None
+        evaluation = read_evaluation(run_dir) or {}
+        name = (evaluation.get("best") or {}).get("checkpoint")
+        if name not in ckpts:
+            best = best_group(summarize(collect_items(run_dir), RatingStore(run_dir).records(), n_resamples=100))
+            name = f"{CHECKPOINT_PREFIX}{best.group}" if best is not None else None
         if name in ckpts:
             return ckpts[name], name
         which = "latest"

@@ -66,6 +66,7 @@ def _small_run(tiny_model, demo_data, class_images, run_dir, **overrides):
         num_validation_images=2,
         validation_inference_steps=3,
         report_to="none",
+        holdout_images=0,  # the 8 demo images are all trained on (tests/test_heldout.py holds some out)
     )
     return TrainConfig.from_dict({**base, **overrides})
 

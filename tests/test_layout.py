@@ -87,6 +87,7 @@ LAYERS = [
     ["cartoonify.training", "cartoonify.train", "cartoonify.collect"],
     ["cartoonify.rating"],
     ["cartoonify.sampling"],
+    ["cartoonify.evaluation"],
     ["cartoonify.comparison", "cartoonify.stylize"],
     ["cartoonify.plots"],
     ["cartoonify.notebooks"],

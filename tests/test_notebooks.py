@@ -55,6 +55,27 @@ def test_notebook_is_thin_clean_and_parameterised(name):
     assert "from_parameters(globals()" in code[1].source
 
 
+@pytest.mark.parametrize("name, configs", [
+    ("02_train", ["TrainConfig"]),
+    ("03_evaluate", ["EvalConfig"]),
+])
+def test_notebook_declares_every_setting_of_its_configs(name, configs):
+    """A setting missing from a notebook's parameters cell would be silently dropped by papermill."""
+    import cartoonify.config as config_module
+
+    declared = set(_declared(name))
+    for cls_name in configs:
+        fields = {f.name for f in dataclasses.fields(getattr(config_module, cls_name))}
+        missing = sorted(fields - declared - {"output_dir"})  # output_dir is derived from run_name
+        assert not missing, f"{name} does not declare {missing}"
+
+
+def _declared(name: str) -> list[str]:
+    nb = nbformat.read(str(notebook_path(name)), as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    return [n.target.id for n in ast.parse(cell.source).body if isinstance(n, ast.AnnAssign)]
+
+
 def test_parameter_files_are_valid_and_disney_is_the_writeup():
     demo = load_parameters(ROOT / "configs" / "demo.yaml")
     assert demo["pretrained_model"] == "embedded:tiny" and demo["interactive"] is False
@@ -113,16 +134,21 @@ def notebook_run(tiny_model, tmp_path_factory):
         "stylize_strengths": [0.5, 0.9],
         "stylize_steps": 4,
         "validate_at_start": False,
+        "holdout_images": 0,  # 6 demo images: too few to hold 8 out
     }
     written = run_notebooks(params, timeout=CELL_TIMEOUT)
     return {"params": params, "run_dir": base / "outputs" / "nbtest", "written": written}
 
 
 def _stdout(path: Path) -> str:
+    """Everything a notebook printed or displayed as text or HTML."""
     nb = json.loads(path.read_text())
-    return "".join(
-        "".join(o.get("text", "")) for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
-    )
+    out = []
+    for c in nb["cells"]:
+        for o in c.get("outputs", []) if c["cell_type"] == "code" else []:
+            out.append("".join(o.get("text", "")))
+            out.append("".join(o.get("data", {}).get("text/html", "")))
+    return "".join(out)
 
 
 def _has_image_output(path: Path) -> bool:
@@ -140,20 +166,30 @@ def test_notebooks_run_headless_and_leave_their_files(notebook_run):
     # 02_train: checkpoints, validation, loss curve and validation grid shown inline as images
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
     assert _has_image_output(run / "notebooks" / "02_train.ipynb")
-    # 03_evaluate: no ratings under papermill, said plainly
-    assert "No ratings yet" in _stdout(run / "notebooks" / "03_evaluate.ipynb")
+    # 03_evaluate: no ratings under papermill, said once; scores of every step beside them, best by the scores
+    out = _stdout(run / "notebooks" / "03_evaluate.ipynb")
+    assert out.count("No ratings yet") == 1
     with (run / "figures" / "rating_summary.csv").open() as fh:
         assert [r["n"] for r in csv.DictReader(fh)] == ["0", "0"]
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert [r["step"] for r in evaluation["rows"]] == [2, 4]
+    assert all(r["clip_t"] is not None and r["dino"] is not None for r in evaluation["rows"])
+    assert evaluation["best"]["rule"] == "automated" and "random weights" in " ".join(evaluation["notes"])
+    assert f"best checkpoint: {evaluation['best']['checkpoint']} (automated)" in out
     # 04: one folder per scheduler, timing with model evaluations
     with (run / "schedulers" / "checkpoint-4" / "timing.csv").open() as fh:
         rows = {r["scheduler"]: r for r in csv.DictReader(fh)}
-    assert set(rows) == {"pndm", "euler_a", "heun"} and float(rows["heun"]["model_evals_per_image"]) == 5
+    # equal model evaluations (3): Heun takes 2 steps (3 evaluations), the others 3
+    assert set(rows) == {"pndm", "euler_a", "heun"} and float(rows["heun"]["model_evals_per_image"]) == 3
+    with (run / "scores" / "schedulers-checkpoint-4.csv").open() as fh:
+        assert [r["scheduler"] for r in csv.DictReader(fh)] == ["pndm", "euler_a", "heun"]
     # 05: strength sweep per photo
     for photo in ("astronaut", "camera"):
         assert (run / "stylized" / "checkpoint-4" / photo / "strength-0.90.png").is_file()
     expected = {
-        "training_set.png", "loss.png", "style.png", "validation.png", "rating_summary.csv", "ratings.png",
-        "scheduler_grid.png", "scheduler_timing.png", "stylize-astronaut.png", "stylize-camera.png",
+        "training_set.png", "loss.png", "style.png", "validation.png", "rating_summary.csv", "evaluation.png",
+        "scheduler_grid.png", "scheduler_timing.png", "scheduler_scores.png", "stylize-astronaut.png",
+        "stylize-camera.png",
     }
     assert expected <= {p.name for p in (run / "figures").iterdir()}
 
@@ -166,10 +202,13 @@ def test_evaluate_summarises_saved_ratings_on_rerun(notebook_run, tmp_path):
     store = RatingStore(run)
     for item in collect_items(run):
         store.add(item.path, "alice", 4 if item.group == 2 else 8)
-    params = {**notebook_run["params"], "outputs_dir": str(tmp_path / "outputs"), "run_name": "rated"}
+    params = {**notebook_run["params"], "outputs_dir": str(tmp_path / "outputs"), "run_name": "rated",
+              "min_ratings": 2}
     run_notebooks(params, names=["03_evaluate"], timeout=CELL_TIMEOUT)
     out = _stdout(run / "notebooks" / "03_evaluate.ipynb")
     assert "Best step: 4 (mean 8.00" in out
+    assert "best checkpoint: checkpoint-4 (human)" in out
+    assert json.loads((run / "evaluation.json").read_text())["best"]["checkpoint"] == "checkpoint-4"
     with (run / "figures" / "rating_summary.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["step"], r["n"], float(r["mean"])) for r in rows] == [("2", "2", 4.0), ("4", "2", 8.0)]

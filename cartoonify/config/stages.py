@@ -42,7 +42,7 @@ class EvalConfig(ConfigBase):
     rater: str = ""  # pre-filled rater name
     blind: bool = True  # hide the step and shuffle the images
     rating_seed: int = 0  # seed of the blind order
-    rating_mode: str = "image"  # "image": one at a time, "grid": a checkpoint's images side by side
+    rating_mode: str = "image"  # "image": one at a time; "grid": a group's images side by side; "pairwise": two, choose
     bootstrap_resamples: int = 10000  # resamples of the 95% confidence interval
     display_size: int = 0  # pixels an image is shown at; 0: its own size, at most 512
     # automated scores (cartoonify.evaluation): models by hub id or local folder, cached per image file
@@ -55,7 +55,7 @@ class EvalConfig(ConfigBase):
     overfit_tolerance: float = 0.1  # automated rule: held-out loss at most this share above the run's lowest
 
     def validate(self):
-        check_choice("rating_mode", self.rating_mode, ("image", "grid"))
+        check_choice("rating_mode", self.rating_mode, ("image", "grid", "pairwise"))
         if self.bootstrap_resamples < 100:
             raise ConfigError(f"config key 'bootstrap_resamples' must be >= 100, got {self.bootstrap_resamples}")
         for key in ("style_top_k", "score_batch_size", "min_ratings"):
@@ -80,7 +80,7 @@ class CompareConfig(ConfigBase):
     )
     compare_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     compare_steps: int = 25  # denoising steps, or model evaluations when compare_budget is "evals"
-    compare_budget: str = "steps"  # "steps": equal steps; "evals": equal model evaluations (Heun: 2 a step)
+    compare_budget: str = "evals"  # "evals": equal model evaluations (Heun: 2 a step); "steps": equal steps
     compare_guidance_scale: float = 7.5
 
     def validate(self):

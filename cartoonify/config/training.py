@@ -50,6 +50,7 @@ class TrainConfig(ConfigBase):
     sample_batch_size: int = 4  # batch size of class-image generation
     class_inference_steps: int = 50  # denoising steps per class image (the pipeline's default)
     class_scheduler: Optional[str] = None  # sampler of class images; None: the model's own (PNDM)
+    holdout_images: int = 8  # instance images held out of training for the held-out loss (0: off)
 
     # --- training --------------------------------------------------------------------------------
     train_text_encoder: bool = True
@@ -114,7 +115,8 @@ class TrainConfig(ConfigBase):
         check_choice("disk_check", self.disk_check, ("refuse", "warn", "off"))
         check_at_least(self, 1, "resolution", "train_batch_size", "max_train_steps", "gradient_accumulation_steps",
                        "checkpointing_steps", "sample_batch_size", "class_inference_steps", "validation_inference_steps")
-        check_at_least(self, 0, "num_class_images", "num_validation_images", "lr_warmup_steps", "dataloader_num_workers")
+        check_at_least(self, 0, "num_class_images", "num_validation_images", "lr_warmup_steps", "dataloader_num_workers",
+                       "holdout_images")
         if self.learning_rate <= 0:
             raise ConfigError(f"config key 'learning_rate' must be > 0, got {self.learning_rate!r}")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:

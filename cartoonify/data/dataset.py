@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from ..imaging import check_readable, crop_square, open_rgb, resize_shorter_side
-from .folders import read_caption, require_images
+from .folders import DataFolderError, read_caption, require_images
 
 # ------------------------------------------------------------------------------------------------
 # transforms (PIL + numpy)
@@ -42,6 +42,12 @@ def load_training_image(
     """Read, resize, crop and normalise one training image to a (3, resolution, resolution) tensor."""
     img = resize_shorter_side(open_rgb(path), resolution)
     return to_tensor(crop_square(img, resolution, center=center_crop, rng=rng))
+
+
+def relative_name(path: str | Path, folder: str | Path) -> str:
+    """``path`` relative to ``folder``, with forward slashes: how a held-out image is named (a file name
+    in a flat folder)."""
+    return Path(path).relative_to(folder).as_posix()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -71,7 +77,8 @@ class DreamBoothDataset(torch.utils.data.Dataset):
     The length is ``max(#instance, #class)``; item ``i`` holds instance image ``i % #instance`` and
     class image ``i % #class``. Every image is decoded once when the dataset is built
     (``check_images``), so a corrupt file stops the run before training, not hours into it. The index may exceed the length: ``i // len`` is then the epoch, which
-    seeds the random crop when ``center_crop`` is off, so every epoch is reproducible.
+    seeds the random crop when ``center_crop`` is off, so every epoch is reproducible. ``holdout`` names
+    instance images (relative to ``instance_dir``, as :func:`relative_name`) left out of training.
     """
 
     def __init__(
@@ -87,12 +94,18 @@ class DreamBoothDataset(torch.utils.data.Dataset):
         seed: int = 0,
         check_images: bool = True,
         load_pixels: bool = True,
+        holdout: Sequence[str] = (),
     ):
         self.resolution = resolution
         self.center_crop = center_crop
         self.seed = seed
         self.load_pixels = load_pixels
         self.instance_paths = require_images(instance_dir, "instance_dir")
+        if holdout:
+            held = set(holdout)
+            self.instance_paths = [p for p in self.instance_paths if relative_name(p, instance_dir) not in held]
+            if not self.instance_paths:
+                raise DataFolderError(f"instance_dir holds no images besides the {len(held)} held out: {instance_dir}")
         self.instance_prompts = [read_caption(p, instance_prompt) for p in self.instance_paths]
         self.instance_ids = tokenize_prompts(tokenizer, self.instance_prompts)
         self.class_paths: list[Path] = []

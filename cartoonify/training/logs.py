@@ -17,28 +17,32 @@ SCALARS = ("loss", "loss_instance", "loss_prior", "lr", "grad_norm", "skipped_st
 class LossLog:
     """``logs/train_log.csv``: one row per optimizer step, appended and flushed as training goes.
 
-    On (re)start the rows after the starting step are dropped, so a resumed run has no duplicates.
+    On (re)start the rows after the starting step are dropped, so a resumed run has no duplicates. Other
+    step-indexed logs (``logs/heldout_loss.csv``) name their own ``columns``.
     """
 
-    def __init__(self, path: Path, start_step: int):
+    def __init__(self, path: Path, start_step: int, columns: tuple[str, ...] = LOG_COLUMNS):
         self.path = path
+        self.columns = tuple(columns)
         path.parent.mkdir(parents=True, exist_ok=True)
         rows = []
         if path.is_file():
             with path.open(newline="") as fh:
                 rows = [r for r in csv.DictReader(fh) if r.get("step", "").isdigit() and int(r["step"]) <= start_step]
+        self.steps = [int(r["step"]) for r in rows]  # the steps kept from an earlier start
         tmp = path.with_suffix(".csv.tmp")
         with tmp.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+            writer = csv.DictWriter(fh, fieldnames=self.columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
         os.replace(tmp, path)
         self._fh = path.open("a", newline="")
-        self._writer = csv.DictWriter(self._fh, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+        self._writer = csv.DictWriter(self._fh, fieldnames=self.columns, extrasaction="ignore")
 
     def write(self, row: dict[str, Any]) -> None:
-        self._writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in LOG_COLUMNS})
+        self._writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in self.columns})
         self._fh.flush()
+        self.steps.append(int(row["step"]))
 
     def close(self) -> None:
         self._fh.close()

@@ -26,6 +26,7 @@ from ..models import (
     resolve_model,
 )
 from .disk import human_bytes
+from .heldout import Holdout, build_heldout_sets, check_holdout_size, prepare_holdout
 from .objective import LatentCache
 from .optim import build_optimizer
 from .setup import apply_speed_settings, check_run_dir, record_run, release_accelerator_state, resolve_mixed_precision
@@ -46,15 +47,15 @@ def _accelerator(config: TrainConfig, run_dir):
     )
 
 
-def build_data(config: TrainConfig, tokenizer, accelerator, use_latent_cache: bool):
-    """The dataset, its step-indexed sampler and the data loader."""
+def build_data(config: TrainConfig, tokenizer, accelerator, use_latent_cache: bool, holdout: Holdout | None = None):
+    """The dataset (without the held-out images), its step-indexed sampler and the data loader."""
     c = config
     dataset = DreamBoothDataset(
         c.instance_dir, tokenizer, c.instance_prompt, resolution=c.resolution, center_crop=c.center_crop,
         class_dir=c.class_dir if c.with_prior_preservation else None, class_prompt=c.class_prompt,
         num_class_images=c.num_class_images, seed=c.seed, load_pixels=not use_latent_cache,
         # the latent cache decodes every image before training anyway (and names a bad one)
-        check_images=not use_latent_cache,
+        check_images=not use_latent_cache, holdout=holdout.images if holdout is not None else (),
     )
     sampler = StepBatchSampler(len(dataset), c.train_batch_size, seed=c.seed,
                                num_replicas=accelerator.num_processes, rank=accelerator.process_index)
@@ -88,8 +89,10 @@ def _latent_cache(trainer_log, dataset, vae, progress: bool):
     return cache
 
 
-def build_components(config: TrainConfig, acc, model_path: str, progress: bool = True, log=print) -> TrainComponents:
-    """Load the models, build the data, optimizer and LR schedule, and prepare them with accelerate."""
+def build_components(config: TrainConfig, acc, model_path: str, progress: bool = True, log=print,
+                     holdout: Holdout | None = None) -> TrainComponents:
+    """Load the models, build the data, optimizer and LR schedule, and prepare them with accelerate; the
+    ``holdout`` images are left out of the data and encoded for the held-out loss."""
     from diffusers.optimization import get_scheduler
 
     c = config
@@ -104,7 +107,7 @@ def build_components(config: TrainConfig, acc, model_path: str, progress: bool =
             move_module(checker, acc.device, weight_dtype)
     trained = _prepare_models(c, parts, acc.device)
     use_cache = c.cache_latents and c.center_crop  # random crops change the latents
-    dataset, sampler, loader = build_data(c, parts["tokenizer"], acc, use_cache)
+    dataset, sampler, loader = build_data(c, parts["tokenizer"], acc, use_cache, holdout)
     optimizer = build_optimizer(itertools.chain(*(m.parameters() for m in trained)), c, acc.device)
     lr_scheduler = get_scheduler(c.lr_scheduler, optimizer=optimizer,
                                  num_warmup_steps=c.lr_warmup_steps * acc.num_processes,
@@ -116,6 +119,9 @@ def build_components(config: TrainConfig, acc, model_path: str, progress: bool =
     if not c.train_text_encoder:
         move_module(text_encoder, acc.device, weight_dtype)
     cache = _latent_cache(log, dataset, vae, progress) if use_cache else None
+    heldout = None
+    if holdout is not None and acc.is_main_process:
+        heldout = build_heldout_sets(holdout, c, parts["tokenizer"], vae)
     if cache is not None and c.offload_vae and acc.device.type == "cuda":
         move_module(vae, "cpu")  # back on the GPU only for validation
     return TrainComponents(
@@ -124,7 +130,7 @@ def build_components(config: TrainConfig, acc, model_path: str, progress: bool =
         validation_scheduler=validation_scheduler, vae=vae, unet=trained[0], text_encoder=text_encoder,
         trained=trained, optimizer=optimizer, lr_scheduler=lr_scheduler, dataset=dataset, sampler=sampler,
         dataloader=loader, latent_cache=cache, safety_checker=checker, feature_extractor=extractor,
-        weight_dtype=weight_dtype, optimizer_name=optimizer_name,
+        weight_dtype=weight_dtype, optimizer_name=optimizer_name, heldout_sets=heldout,
     )
 
 
@@ -135,6 +141,7 @@ def build_trainer(config: TrainConfig, *, progress: bool = True, callbacks: Sequ
 
     config = config.validate()
     run_dir = check_run_dir(config)
+    check_holdout_size(config)  # before anything is written or generated
     model_path = resolve_model(config.pretrained_model, config.resolution)
     acc = _accelerator(config, run_dir)
     if acc.is_main_process:
@@ -143,8 +150,10 @@ def build_trainer(config: TrainConfig, *, progress: bool = True, callbacks: Sequ
     if config.with_prior_preservation:
         with acc.main_process_first():  # the main process generates, the others then find them
             ensure_class_images(config.replace(pretrained_model=model_path), acc.device, progress=progress)
+    with acc.main_process_first():  # the main process writes holdout.json, the others read it
+        holdout = prepare_holdout(config, write=acc.is_main_process)
     log = log_function(progress)
-    components = build_components(config, acc, model_path, progress, log)
+    components = build_components(config, acc, model_path, progress, log, holdout)
     return DreamBoothTrainer(config, components, callbacks=callbacks, progress=progress)
 
 

@@ -33,6 +33,7 @@ from .checkpoint import (
 from .disk import check_disk, disk_plan, plan_message
 from .errors import NonFiniteLossError, TrainingOutOfMemoryError, nonfinite_message, oom_message
 from .export import save_pipeline
+from .heldout import HeldoutMonitor
 from .logs import SCALARS, LossLog
 from .objective import REGIONS, training_step
 from .validation import validate
@@ -53,6 +54,9 @@ class TrainResult:
     train_seconds: float = 0.0  # time in training steps (excludes checkpoints and validation)
     steps_run: int = 0  # optimizer steps run by this call (after a resume, only the new ones)
     optimizer: str = ""
+    heldout_log: Path | None = None  # logs/heldout_loss.csv (None when holdout_images is 0)
+    heldout_instance: float | None = None  # the last held-out losses measured by this call
+    heldout_class: float | None = None
 
     @property
     def steps_per_second(self) -> float:
@@ -83,6 +87,7 @@ class TrainComponents:
     feature_extractor: Any = None
     weight_dtype: torch.dtype = torch.float32
     optimizer_name: str = ""
+    heldout_sets: Any = None  # the held-out loss's fixed inputs (main process; None when off)
 
 
 def log_function(progress: bool):
@@ -113,6 +118,7 @@ class DreamBoothTrainer:
         self.progress = progress
         self.state = TrainState()
         self.resumed_from: Path | None = None
+        self.heldout_monitor: HeldoutMonitor | None = None
         acc = components.accelerator
         self.generator = torch.Generator(device=acc.device).manual_seed(config.seed + acc.process_index)
         if config.resume_from_checkpoint is not None:
@@ -221,8 +227,13 @@ class DreamBoothTrainer:
             acc.init_trackers("dreambooth", config=hparams, init_kwargs=kwargs)
         log = LossLog(self.layout.train_log, self.global_step) if acc.is_main_process else None
         result.log_csv = log.path if log else None
+        if self.heldout_sets is not None and acc.is_main_process:
+            self.heldout_monitor = HeldoutMonitor(self.heldout_sets, self.layout.heldout_log, self.global_step)
+            result.heldout_log = self.heldout_monitor.log.path
         try:
             self.callbacks.fire("on_train_begin", self)
+            if self.heldout_monitor and not self.heldout_monitor.has(self.global_step):
+                self.measure_heldout(result)  # step 0 (or a checkpoint whose row a kill left unwritten)
             if c.validate_at_start and self.global_step == 0 and c.num_validation_images and acc.is_main_process:
                 result.validation_dirs.append(self.validate())  # the base model, as step 0
             self._train_loop(result, log)
@@ -236,8 +247,9 @@ class DreamBoothTrainer:
             raise TrainingOutOfMemoryError(
                 oom_message(c, self.global_step, list_checkpoints(self.run_dir), err)) from err
         finally:
-            if log:
-                log.close()
+            for csv_log in (log, self.heldout_monitor):
+                if csv_log:
+                    csv_log.close()
             acc.end_training()
         result.global_step = self.global_step
         return result
@@ -313,8 +325,24 @@ class DreamBoothTrainer:
     def _checkpoint_and_validate(self, result: TrainResult) -> None:
         result.checkpoints.append(self.save_checkpoint())
         self.log(f"saved {result.checkpoints[-1]}")
+        self.measure_heldout(result)
         if self.config.num_validation_images and self.accelerator.is_main_process:
             result.validation_dirs.append(self.validate())
+
+    def measure_heldout(self, result: TrainResult | None = None) -> dict | None:
+        """The held-out losses of the current weights, logged to the CSV and TensorBoard (main process;
+        None when holdout_images is 0). See :mod:`cartoonify.training.heldout`."""
+        if self.heldout_monitor is None:
+            return None
+        row = self.heldout_monitor.measure(self.unwrap(self.unet), self.unwrap(self.text_encoder),
+                                           self.noise_scheduler, self.global_step, self.weight_dtype)
+        scalars = {f"heldout/{k}": row[f"heldout_{k}"] for k in ("instance", "class")}
+        self.accelerator.log({k: v for k, v in scalars.items() if v is not None}, step=self.global_step)
+        self.log(f"held-out loss at step {self.global_step}: "
+                 + ", ".join(f"{k} {v:.5f}" for k, v in scalars.items() if v is not None))
+        if result is not None:
+            result.heldout_instance, result.heldout_class = row["heldout_instance"], row["heldout_class"]
+        return row
 
     def _row(self, losses, grad_norm) -> dict[str, Any]:
         """The log row of the step just taken; losses are averaged over micro-batches and processes (so
