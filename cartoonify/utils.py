@@ -125,3 +125,61 @@ def run_info(extra: dict[str, Any] | None = None) -> dict[str, Any]:
         "argv": sys.argv,
         **(extra or {}),
     }
+
+
+# ------------------------------------------------------------------------------------------------
+# folders built once, atomically, and recognised by a marker file
+# ------------------------------------------------------------------------------------------------
+
+
+def read_marker_file(path: Path) -> dict[str, Any] | None:
+    """The JSON of a marker file, or ``None`` if it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def build_folder(path: str | os.PathLike, marker: dict[str, Any], marker_name: str, write, *,
+                 overwrite: bool = False, what: str = "folder", required: str | None = None) -> Path:
+    """Build a folder once: ``write(tmp)`` fills a temporary folder beside ``path``, ``marker`` is written
+    last as ``marker_name``, and the folder is renamed into place, so that a reader never sees half of it.
+
+    A folder that already holds this ``marker`` (and the file ``required``, if given) is kept as it is. An empty
+    folder is replaced; anything else raises ``FileExistsError`` naming ``what`` unless ``overwrite``. Losing the
+    race to an identical concurrent build is not an error. Returns ``path``.
+    """
+    import shutil
+
+    path = Path(path).expanduser()
+
+    def complete() -> bool:
+        return read_marker_file(path / marker_name) == marker and (required is None or (path / required).is_file())
+
+    if complete():
+        return path
+    if (path.exists() or path.is_symlink()) and not overwrite and not (
+            path.is_dir() and not path.is_symlink() and not any(path.iterdir())):
+        raise FileExistsError(f"{path} already exists and is not a {what} built with these parameters; "
+                              "pass overwrite=True to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    trash = None
+    try:
+        write(tmp)
+        (tmp / marker_name).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if complete():
+            return path
+        if path.exists() or path.is_symlink():
+            trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, trash / path.name)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not complete():
+                raise
+    finally:
+        for leftover in (tmp, trash):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+    return path

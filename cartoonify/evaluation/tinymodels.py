@@ -3,10 +3,7 @@ and the demo without any download; they load through the same ``from_pretrained`
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +11,9 @@ from typing import Any
 import torch
 
 from ..config import TINY_CLIP_MODEL, TINY_DINO_MODEL
-from ..models.tokenizer import MODEL_MAX_LENGTH, write_bpe_files, write_tiny_tokenizer
+from ..utils import build_folder
+from ..models.tiny import tiny_safety_checker_config
+from ..models.tokenizer import write_bpe_files, write_tiny_tokenizer
 
 # Embedded evaluation model of each kind.
 TINY_EVAL_MODELS = {"clip": TINY_CLIP_MODEL, "dino": TINY_DINO_MODEL}
@@ -35,29 +34,13 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 def tiny_clip_config(vocab_size: int) -> dict[str, Any]:
-    """Keyword arguments of the tiny ``CLIPConfig``; special token ids follow the tiny tokenizer's layout."""
-    return {
-        "text_config": {
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_attention_heads": 4,
-            "num_hidden_layers": 2,
-            "vocab_size": vocab_size,
-            "bos_token_id": vocab_size - 2,
-            "eos_token_id": vocab_size - 1,
-            "pad_token_id": vocab_size - 1,
-            "max_position_embeddings": MODEL_MAX_LENGTH,
-        },
-        "vision_config": {
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_attention_heads": 4,
-            "num_hidden_layers": 2,
-            "image_size": TINY_CLIP_IMAGE_SIZE,
-            "patch_size": 4,
-        },
-        "projection_dim": 32,
-    }
+    """Keyword arguments of the tiny ``CLIPConfig``: the shape of the tiny SD model's safety checker, with the
+    tiny tokenizer's vocabulary and special token ids."""
+    config = tiny_safety_checker_config()
+    config["text_config"].update(vocab_size=vocab_size, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
+                                 pad_token_id=vocab_size - 1)
+    config["vision_config"]["image_size"] = TINY_CLIP_IMAGE_SIZE
+    return config
 
 
 def tiny_dino_config() -> dict[str, Any]:
@@ -119,66 +102,10 @@ def _marker(kind: str, seed: int) -> dict[str, Any]:
     return {"format_version": TINY_EVAL_FORMAT_VERSION, "kind": kind, "seed": int(seed)}
 
 
-def _is_complete(path: Path, marker: dict[str, Any]) -> bool:
-    """Whether ``path`` holds a finished build made with exactly ``marker``'s parameters."""
-    try:
-        found = json.loads((path / TINY_EVAL_MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return found == marker and (path / "config.json").is_file()
-
-
-def _check_replaceable(path: Path, overwrite: bool) -> None:
-    """Raises ``FileExistsError`` if ``path`` holds anything but an empty folder and ``overwrite`` is off."""
-    if not (path.exists() or path.is_symlink()):
-        return
-    if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
-        return
-    if not overwrite:
-        raise FileExistsError(
-            f"{path} already exists and is not a tiny evaluation model built with these parameters; "
-            "pass overwrite=True to replace it"
-        )
-
-
-def _move_into_place(tmp: Path, path: Path, marker: dict[str, Any]) -> None:
-    """Renames the finished build ``tmp`` to ``path`` (moving an old ``path`` aside first).
-
-    Losing the race to an identical concurrent build is not an error; ``tmp`` is then left for the caller to delete.
-    """
-    if _is_complete(path, marker):
-        return
-    trash = None
-    if path.exists() or path.is_symlink():
-        trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-        os.replace(path, trash / path.name)
-    try:
-        os.replace(tmp, path)
-    except OSError:
-        if not _is_complete(path, marker):
-            raise
-    finally:
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
-
-
 def _build(kind: str, path: str | os.PathLike, seed: int, overwrite: bool) -> Path:
     """Builds the tiny ``kind`` model into a temporary folder beside ``path`` and renames it into place."""
-    path = Path(path).expanduser()
-    marker = _marker(kind, seed)
-    if _is_complete(path, marker):
-        return path
-    _check_replaceable(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        _WRITERS[kind](tmp, seed)
-        (tmp / TINY_EVAL_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        _move_into_place(tmp, path, marker)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    return build_folder(path, _marker(kind, seed), TINY_EVAL_MARKER, lambda tmp: _WRITERS[kind](tmp, seed),
+                        overwrite=overwrite, what="tiny evaluation model", required="config.json")
 
 
 def build_tiny_clip(path: str | os.PathLike, seed: int = 0, overwrite: bool = False) -> Path:

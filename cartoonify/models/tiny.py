@@ -4,10 +4,7 @@ written by the package so that tests and the demo need no download, loaded throu
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +13,7 @@ import torch
 from ..config import TINY_MODEL, TINY_RANDOM_MODEL
 from .pipeline import pipeline_from_modules
 from .sd15 import SD15_SCHEDULER_CONFIG
+from ..utils import build_folder, read_marker_file
 from .tokenizer import MODEL_MAX_LENGTH, write_bpe_files, write_tiny_tokenizer
 
 if TYPE_CHECKING:
@@ -175,17 +173,9 @@ def _tiny_marker(resolution: int, seed: int, with_safety_checker: bool) -> dict[
     }
 
 
-def _read_marker(path: Path) -> dict[str, Any] | None:
-    """Returns the tiny-model marker of ``path``, or ``None`` if it has none or it is unreadable."""
-    try:
-        return json.loads((path / TINY_MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _is_complete_tiny(path: Path, marker: dict[str, Any]) -> bool:
     """Whether ``path`` holds a complete tiny model built with exactly ``marker``'s parameters."""
-    return path.is_dir() and (path / "model_index.json").is_file() and _read_marker(path) == marker
+    return (path / "model_index.json").is_file() and read_marker_file(path / TINY_MARKER) == marker
 
 
 def _build_tiny_safety_checker(seed: int) -> tuple[Any, Any]:
@@ -233,8 +223,6 @@ def _write_tiny(target: Path, resolution: int, seed: int, with_safety_checker: b
         pipeline = _build_tiny_pipeline(tokenizer, resolution, seed, with_safety_checker)
     pipeline.save_pretrained(target, safe_serialization=True)
     write_bpe_files(target / "tokenizer")
-    marker = _tiny_marker(resolution, seed, with_safety_checker)
-    (target / TINY_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def build_tiny(
@@ -266,60 +254,11 @@ def build_tiny(
     """
     if resolution <= 0 or resolution % 8:
         raise ValueError(f"resolution must be a positive multiple of 8, got {resolution}")
-    path = Path(path).expanduser()
-    marker = _tiny_marker(resolution, seed, with_safety_checker)
-    if _is_complete_tiny(path, marker):
-        return path
-    _check_replaceable(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        _write_tiny(tmp, resolution, seed, with_safety_checker)
-        _move_into_place(tmp, path, marker)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return path
-
-
-def _check_replaceable(path: Path, overwrite: bool) -> None:
-    """Raises ``FileExistsError`` if ``path`` holds something other than an empty folder and overwrite is off."""
-    if not (path.exists() or path.is_symlink()):
-        return
-    if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
-        return
-    if not overwrite:
-        raise FileExistsError(
-            f"{path} already exists and is not a tiny model built with these parameters; "
-            "pass overwrite=True to replace it"
-        )
-
-
-def _move_into_place(tmp: Path, path: Path, marker: dict[str, Any]) -> None:
-    """Renames the finished build ``tmp`` to ``path``, replacing an empty folder or an overwritable old one.
-
-    If a concurrent build put the same model there first, ``tmp`` is left for the caller to delete.
-    """
-    if _is_complete_tiny(path, marker):
-        return
-    if path.exists() or path.is_symlink():
-        trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-        os.replace(path, trash / path.name)
-        try:
-            _rename_or_accept(tmp, path, marker)
-        finally:
-            shutil.rmtree(trash, ignore_errors=True)
-    else:
-        _rename_or_accept(tmp, path, marker)
-
-
-def _rename_or_accept(tmp: Path, path: Path, marker: dict[str, Any]) -> None:
-    """Renames ``tmp`` to ``path``; losing the race to an identical concurrent build is not an error."""
-    try:
-        os.replace(tmp, path)
-    except OSError:
-        if not _is_complete_tiny(path, marker):
-            raise
+    return build_folder(
+        path, _tiny_marker(resolution, seed, with_safety_checker), TINY_MARKER,
+        lambda tmp: _write_tiny(tmp, resolution, seed, with_safety_checker),
+        overwrite=overwrite, what="tiny model", required="model_index.json",
+    )
 
 
 def tiny_model_path(resolution: int = 64) -> Path:
