@@ -37,6 +37,7 @@ _EXPORTS = {
     # imaging
     "image_grid": "imaging",
     "open_rgb": "imaging",
+    "save_png": "imaging",
     # models
     "build_tiny": "models",
     "build_sd15": "models",
@@ -113,7 +114,11 @@ _EXPORTS = {
     "compare_schedulers": "comparison",
     "timing_html": "comparison",
     "comparison_html": "comparison",
-    "stylize_photos": "stylize",
+    "stylize_run": "stylize",
+    "stylize_folder": "stylize",
+    "sweep_html": "stylize",
+    "manifest_html": "stylize",
+    "contact_sheet": "stylize",
     # notebooks
     "enter_project_root": "notebooks",
     "run_notebooks": "notebooks",

@@ -14,42 +14,15 @@ Every function takes and returns PIL images (or boolean arrays for the maps' pix
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 from PIL import Image
 
-PREPROCESSORS = ("canny", "lineart")
+from .config.control import PREPROCESSORS, CannySettings, LineartSettings
 
-
-@dataclass(frozen=True)
-class CannySettings:
-    """Canny's parameters: Gaussian ``sigma`` (pixels), and the hysteresis thresholds as quantiles of the
-    gradient magnitude (``low`` < ``high`` in (0, 1))."""
-
-    sigma: float = 1.0
-    low: float = 0.7
-    high: float = 0.9
-
-    def __post_init__(self):
-        if not (0 < self.low < self.high < 1):
-            raise ValueError(f"canny thresholds need 0 < low < high < 1, got low={self.low}, high={self.high}")
-        if self.sigma < 0:
-            raise ValueError(f"canny sigma must be >= 0, got {self.sigma}")
-
-
-@dataclass(frozen=True)
-class LineartSettings:
-    """The difference-of-Gaussians line detector: blur ``sigma`` (pixels), the share of the strongest
-    response kept as a line (``threshold``), and the ``gain`` that brightens faint lines."""
-
-    sigma: float = 6.0
-    threshold: float = 0.1
-    gain: float = 4.0
-
-    def __post_init__(self):
-        if self.sigma <= 0 or not (0 <= self.threshold < 1) or self.gain <= 0:
-            raise ValueError(f"lineart needs sigma > 0, 0 <= threshold < 1, gain > 0; got {self}")
+__all__ = ["PREPROCESSORS", "CannySettings", "LineartSettings", "canny_edges", "canny_map", "control_image",
+           "edge_f1", "lineart_map", "settings_record", "structure_f1"]
 
 
 def _gray(image: Image.Image) -> np.ndarray:
@@ -89,6 +62,9 @@ def lineart_map(image: Image.Image, settings: LineartSettings = LineartSettings(
 
 def control_image(image: Image.Image, kind: str, settings=None) -> Image.Image:
     """The control image of preprocessor ``kind`` ("canny" or "lineart") with its settings (defaults if None)."""
+    expected = {"canny": CannySettings, "lineart": LineartSettings}.get(kind)
+    if expected is not None and settings is not None and not isinstance(settings, expected):
+        raise TypeError(f"{kind} needs {expected.__name__}, got {type(settings).__name__}")
     if kind == "canny":
         return canny_map(image, settings or CannySettings())
     if kind == "lineart":
@@ -98,6 +74,8 @@ def control_image(image: Image.Image, kind: str, settings=None) -> Image.Image:
 
 def settings_record(kind: str, settings=None) -> dict:
     """The preprocessor and its settings as a JSON-able dict (saved beside every output)."""
+    if kind not in PREPROCESSORS:
+        raise ValueError(f"unknown preprocessor {kind!r}; choose one of {', '.join(PREPROCESSORS)}")
     default = CannySettings() if kind == "canny" else LineartSettings()
     return {"preprocessor": kind, **asdict(settings or default)}
 
@@ -115,6 +93,8 @@ def edge_f1(reference: np.ndarray, candidate: np.ndarray, tolerance: int = 1) ->
     """F1 of the edge pixels of ``candidate`` against ``reference`` (boolean maps of one shape): precision is
     the share of candidate edges within ``tolerance`` pixels of a reference edge, recall the share of
     reference edges within ``tolerance`` of a candidate edge. 1 when both are empty, 0 when only one is."""
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance}")
     reference, candidate = np.asarray(reference, bool), np.asarray(candidate, bool)
     if reference.shape != candidate.shape:
         raise ValueError(f"edge maps differ in shape: {reference.shape} and {candidate.shape}")

@@ -214,27 +214,64 @@ def scheduler_bar_figure(timings):
     return fig
 
 
-def stylize_figure(out_dir: str | Path, photo_stem: str, strengths: Sequence[float], size: float = 2.2):
-    """Before/after: the photo, then its stylized versions by strength, each with its SSIM to the photo
-    (structure kept) and its style score (0 photo, 1 cartoon)."""
-    from .stylize import INPUT_FILE, read_stylized, strength_file
+def stylize_sweep_figure(out_dir: str | Path, photo: str, size: float = 1.9):
+    """One photo's sweep from one seed: rows are img2img and ControlNet at each conditioning scale, columns
+    the strengths; under each image its edge F1 and SSIM to the photo (structure) and its style score."""
+    from .stylize import INPUT_FILE, read_stylized
 
     plt = _plt()
-    folder = Path(out_dir) / photo_stem
-    images = [Image.open(folder / INPUT_FILE)] + [Image.open(folder / strength_file(s)) for s in strengths]
-    records = {(Path(r["file"]).parent.name, r["strength"]): r for r in read_stylized(out_dir)["images"]}
-    first = records.get((photo_stem, strengths[0]), {})
-    titles = [f"photo\nstyle {first['photo_style_score']:.2f}" if "photo_style_score" in first else "photo"]
-    for s in strengths:
-        r = records.get((photo_stem, s), {})
-        scores = f"\nSSIM {r['ssim']:.2f} · style {r['style_score']:.2f}" if "ssim" in r else ""
-        titles.append(f"strength {s:g}{scores}")
-    fig, axes = plt.subplots(1, len(images), figsize=(size * len(images), size + 0.4), squeeze=False)
-    for ax, img, title in zip(axes[0], images, titles):
-        ax.imshow(img)
-        ax.set_title(title, fontsize="small")
-        ax.axis("off")
-    fig.suptitle(photo_stem, fontsize="medium")
+    records = [r for r in read_stylized(out_dir)["images"] if r["photo"] == photo]
+    rows = sorted({(r["method"], r.get("conditioning_scale") or 0.0) for r in records}, key=lambda m: (m[0] != "img2img", m[1]))
+    strengths = sorted({r["strength"] for r in records})
+    by = {(r["method"], r.get("conditioning_scale") or 0.0, r["strength"]): r for r in records}
+    fig, axes = plt.subplots(len(rows), len(strengths) + 1, figsize=(size * (len(strengths) + 1), (size + 0.5) * len(rows)),
+                             squeeze=False)
+    for i, (method, scale) in enumerate(rows):
+        axes[i][0].imshow(Image.open(Path(out_dir) / photo / INPUT_FILE))
+        axes[i][0].set_title("photo", fontsize="small")
+        axes[i][0].set_ylabel(method if method == "img2img" else f"ControlNet\nscale {scale:g}", fontsize="small")
+        for j, strength in enumerate(strengths):
+            ax = axes[i][j + 1]
+            r = by.get((method, scale, strength))
+            if r is not None:
+                ax.imshow(Image.open(Path(out_dir) / r["file"]))
+                s = r["scores"]
+                ax.set_title(f"strength {strength:g}\nF1 {s['edge_f1']:.2f} SSIM {s['ssim']:.2f}\n"
+                             f"style {s['style_score']:.2f}", fontsize="x-small")
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(photo, fontsize="medium")
+    fig.tight_layout()
+    return fig
+
+
+def stylize_tradeoff_figure(rows: Sequence[dict], recommended: dict | None = None):
+    """Style against structure over the settings (means over the photos): img2img and ControlNet points,
+    the trade-off frontier as a line, the recommended setting circled."""
+    from .stylize import frontier, style_key
+
+    plt = _plt()
+    y = style_key(rows)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for method, marker in (("img2img", "o"), ("controlnet", "s")):
+        pts = [r for r in rows if r["method"] == method]
+        if pts:
+            ax.scatter([r["edge_f1"] for r in pts], [r[y] for r in pts], marker=marker, label=method, s=40)
+            for r in pts:
+                ax.annotate(f"{r['strength']:g}" + (f"/{r['conditioning_scale']:g}" if r.get("conditioning_scale") is not None else ""),
+                            (r["edge_f1"], r[y]), fontsize="x-small", xytext=(3, 3), textcoords="offset points")
+    front = {r["label"]: r for r in rows}
+    line = [front[label] for label in frontier(rows, y=y)]
+    if line:
+        ax.plot([r["edge_f1"] for r in line], [r[y] for r in line], color="gray", linestyle="--", label="frontier")
+    if recommended and recommended.get("label") in front:
+        r = front[recommended["label"]]
+        ax.scatter([r["edge_f1"]], [r[y]], s=220, facecolors="none", edgecolors="red", label="recommended")
+    ax.set_xlabel("structure kept: edge F1 to the photo")
+    ax.set_ylabel(f"style: {y}")
+    ax.set_title("style vs structure (labels: strength/scale)")
+    ax.legend(fontsize="small")
     fig.tight_layout()
     return fig
 

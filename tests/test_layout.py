@@ -81,7 +81,7 @@ LAYERS = [
     ["cartoonify.utils"],
     ["cartoonify.config"],
     ["cartoonify.runs"],
-    ["cartoonify.imaging", "cartoonify.style"],
+    ["cartoonify.imaging", "cartoonify.style", "cartoonify.edgemaps", "cartoonify.faces"],
     ["cartoonify.models"],
     ["cartoonify.data"],
     ["cartoonify.training", "cartoonify.train", "cartoonify.collect"],

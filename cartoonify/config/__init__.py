@@ -9,7 +9,9 @@
 """
 
 from .basemodel import BaseModelConfig
+from .controlnet import ControlNetBuildConfig
 from .collect import CollectConfig
+from .control import PREPROCESSORS, CannySettings, LineartSettings
 from .core import (
     ConfigBase,
     ConfigError,
@@ -24,7 +26,10 @@ from .core import (
 )
 from .samplers import DEFAULT_SCHEDULERS, SCHEDULERS, SchedulerSpec, check_scheduler, scheduler_label, scheduler_spec
 from .stages import (
+    CANNY_CONTROLNET,
     CLIP_MODEL,
+    LINEART_CONTROLNET,
+    TINY_CANNY_CONTROLNET,
     DINO_MODEL,
     PARAMETER_CONFIGS,
     TINY_CLIP_MODEL,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .collect import CollectConfig
+from .control import PREPROCESSORS, CannySettings, LineartSettings
 from .core import ConfigBase, ConfigError, _did_you_mean, check_choice, coerce, load_mapping
 from .samplers import DEFAULT_SCHEDULERS, check_scheduler
 from .training import TrainConfig
@@ -20,6 +21,9 @@ CLIP_MODEL = "openai/clip-vit-large-patch14"  # CLIP-T and CLIP image similarity
 DINO_MODEL = "facebook/dino-vits16"  # DINO image similarity, as in the DreamBooth paper
 TINY_CLIP_MODEL = "embedded:tiny-clip-random"  # a tiny random CLIP the package builds (tests, the demo)
 TINY_DINO_MODEL = "embedded:tiny-dino-random"  # a tiny random DINO ViT the package builds (tests, the demo)
+CANNY_CONTROLNET = "lllyasviel/control_v11p_sd15_canny"  # ControlNet 1.1 canny for SD1.5 (OpenRAIL)
+LINEART_CONTROLNET = "lllyasviel/control_v11p_sd15_lineart"  # ControlNet 1.1 lineart for SD1.5 (OpenRAIL)
+TINY_CANNY_CONTROLNET = "embedded:tiny-controlnet-canny"  # trained by the package for embedded:tiny
 
 
 @dataclass
@@ -97,12 +101,25 @@ class CompareConfig(ConfigBase):
 
 @dataclass
 class StylizeConfig(ConfigBase):
-    """05_stylize: photos of people -> the trained style, by img2img."""
+    """05_stylize: photos of people -> the trained style, by img2img and by ControlNet-guided img2img."""
 
     stylize_checkpoint: str = "best"  # as compare_checkpoint
     photos_dir: str = "data/photos"
     stylize_prompt: str = "a person, Disney style"
+    stylize_methods: list[str] = field(default_factory=lambda: ["img2img", "controlnet"])
     stylize_strengths: list[float] = field(default_factory=lambda: [0.3, 0.45, 0.6, 0.75])
+    conditioning_scales: list[float] = field(default_factory=lambda: [0.5, 1.0])  # ControlNet's weight
+    control_guidance_start: float = 0.0  # share of the steps before the ControlNet acts
+    control_guidance_end: float = 1.0  # share of the steps after which it stops
+    controlnet_models: list[str] = field(default_factory=lambda: [CANNY_CONTROLNET])  # used together
+    control_preprocessors: list[str] = field(default_factory=lambda: ["canny"])  # one per ControlNet
+    canny_sigma: float = CannySettings.sigma
+    canny_low: float = CannySettings.low  # hysteresis thresholds, quantiles of the gradient magnitude
+    canny_high: float = CannySettings.high
+    lineart_sigma: float = LineartSettings.sigma
+    lineart_threshold: float = LineartSettings.threshold
+    lineart_gain: float = LineartSettings.gain
+    min_edge_f1: float = 0.3  # the recommended setting keeps at least this edge F1 to the photo
     stylize_scheduler: str = "euler_a"  # the write-up's comparison judged Euler Ancestral best
     stylize_steps: int = 50
     stylize_guidance_scale: float = 7.5
@@ -111,8 +128,32 @@ class StylizeConfig(ConfigBase):
     def validate(self):
         if not self.stylize_strengths or not all(0 < s <= 1 for s in self.stylize_strengths):
             raise ConfigError(f"config key 'stylize_strengths' must be values in (0, 1], got {self.stylize_strengths}")
+        for m in self.stylize_methods:
+            check_choice("stylize_methods", m, ("img2img", "controlnet"))
+        if not self.stylize_methods:
+            raise ConfigError("config key 'stylize_methods' must not be empty")
+        if "controlnet" in self.stylize_methods:
+            if not self.conditioning_scales or any(c < 0 for c in self.conditioning_scales):
+                raise ConfigError(f"config key 'conditioning_scales' must be values >= 0, got {self.conditioning_scales}")
+            if len(self.control_preprocessors) != len(self.controlnet_models) or not self.controlnet_models:
+                raise ConfigError("config keys 'controlnet_models' and 'control_preprocessors' must name one "
+                                  f"preprocessor per ControlNet, got {self.controlnet_models} and {self.control_preprocessors}")
+            for p in self.control_preprocessors:
+                check_choice("control_preprocessors", p, PREPROCESSORS)
+        if not 0 <= self.control_guidance_start < self.control_guidance_end <= 1:
+            raise ConfigError("config keys 'control_guidance_start' < 'control_guidance_end' must lie in [0, 1]")
+        try:
+            self.canny(), self.lineart()
+        except ValueError as err:
+            raise ConfigError(f"config keys canny_* / lineart_*: {err}") from None
         check_scheduler("stylize_scheduler", self.stylize_scheduler)
         return self
+
+    def canny(self) -> CannySettings:
+        return CannySettings(self.canny_sigma, self.canny_low, self.canny_high)
+
+    def lineart(self) -> LineartSettings:
+        return LineartSettings(self.lineart_sigma, self.lineart_threshold, self.lineart_gain)
 
 
 PARAMETER_CONFIGS: tuple[type, ...] = (RunConfig, CollectConfig, TrainConfig, EvalConfig, CompareConfig, StylizeConfig)

@@ -9,6 +9,16 @@ files (the tiny model's own folder aside).
 """
 
 from ..config import DEFAULT_MODEL, DEFAULT_REVISION, DEFAULT_VARIANT, TINY_MODEL, TINY_RANDOM_MODEL
+from .controlnet import (
+    CANNY_CONTROLNET,
+    EMBEDDED_CONTROLNET_DIR,
+    LINEART_CONTROLNET,
+    TINY_CANNY_CONTROLNET,
+    ControlNetUnavailable,
+    load_controlnet,
+    load_controlnets,
+    resolve_controlnet,
+)
 from .devices import move_module, precision_dtype, resolve_device, resolve_dtype
 from .generate import SampleResult, generators, image_to_image, text_to_image
 from .loading import load_components, load_pipeline, load_safety_components
