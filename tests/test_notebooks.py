@@ -103,6 +103,15 @@ def test_strip_outputs(tmp_path, notebook_run):
     assert cells_with_outputs(copy) == [] and strip_outputs(copy) is False
 
 
+def _controlnet_for(model_dir, folder):
+    """An (untrained) ControlNet shaped for the random tiny model, saved where a hub id would be downloaded."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet")
+    ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32)).save_pretrained(folder)
+    return str(folder)
+
+
 @pytest.fixture(scope="module")
 def notebook_run(tiny_model, tmp_path_factory):
     """All five notebooks under papermill on the tiny model, with a short run."""
@@ -132,6 +141,8 @@ def notebook_run(tiny_model, tmp_path_factory):
         "compare_seeds": [0],
         "compare_steps": 3,
         "stylize_strengths": [0.5, 0.9],
+        "conditioning_scales": [1.0],
+        "controlnet_models": [_controlnet_for(tiny_model, base / "controlnet")],
         "stylize_steps": 4,
         "validate_at_start": False,
         "holdout_images": 0,  # 6 demo images: too few to hold 8 out
@@ -183,13 +194,18 @@ def test_notebooks_run_headless_and_leave_their_files(notebook_run):
     assert set(rows) == {"pndm", "euler_a", "heun"} and float(rows["heun"]["model_evals_per_image"]) == 3
     with (run / "scores" / "schedulers-checkpoint-4.csv").open() as fh:
         assert [r["scheduler"] for r in csv.DictReader(fh)] == ["pndm", "euler_a", "heun"]
-    # 05: strength sweep per photo
+    # 05: method x strength sweep per photo, a verdict per file, the trade-off and the contact sheet
     for photo in ("astronaut", "camera"):
-        assert (run / "stylized" / "checkpoint-4" / photo / "strength-0.90.png").is_file()
+        for name in ("img2img-s0.90.png", "controlnet-s0.90-c1.00.png", "control-0-canny.png"):
+            assert (run / "stylized" / "checkpoint-4" / photo / name).is_file()
+    with (run / "stylized" / "checkpoint-4" / "manifest.csv").open() as fh:
+        assert {r["file"]: r["verdict"] for r in csv.DictReader(fh)} == {"astronaut.png": "stylized",
+                                                                         "camera.png": "stylized"}
+    assert "Recommended:" in _stdout(run / "notebooks" / "05_stylize.ipynb")
     expected = {
         "training_set.png", "loss.png", "style.png", "validation.png", "rating_summary.csv", "evaluation.png",
         "scheduler_grid.png", "scheduler_timing.png", "scheduler_scores.png", "stylize-astronaut.png",
-        "stylize-camera.png",
+        "stylize-camera.png", "stylize_tradeoff.png", "stylize_contact_sheet.png",
     }
     assert expected <= {p.name for p in (run / "figures").iterdir()}
 
