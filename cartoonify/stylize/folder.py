@@ -109,8 +109,57 @@ def score_output(photo: Image.Image, output: Image.Image, out_path: Path, scorer
     return scores
 
 
-def _params(setting: Setting, common: dict) -> dict:
-    return {**common, **setting.record()}
+@dataclass
+class _Sweep:
+    """One stylization call's fixed parts: the pipelines, the generation settings, what is already done."""
+
+    pipe: Any  # an img2img pipeline over the fine-tuned modules
+    controls: Controls | None
+    prompt: str
+    seed: int
+    steps: int
+    guidance_scale: float
+    common: dict
+    done: dict
+    scorer: Any
+    result: StylizeResult
+
+    def photo(self, path: Path, photo: Image.Image, settings: Sequence[Setting]) -> int:
+        """Every setting of one photo; returns the number of outputs."""
+        folder = self.result.out_dir / path.stem
+        _save_if_changed(photo, folder / INPUT_FILE)
+        controls = self._control_images(photo, folder, settings)
+        for setting in settings:
+            self.result.records.append(self.output(path, photo, folder, setting, controls))
+        return len(settings)
+
+    def _control_images(self, photo: Image.Image, folder: Path, settings) -> list[Image.Image]:
+        if self.controls is None or not any(s.method == "controlnet" for s in settings):
+            return []
+        images = self.controls.images(photo)
+        for i, (img, (kind, _)) in enumerate(zip(images, self.controls.preprocessors)):
+            _save_if_changed(img, folder / f"control-{i}-{kind}.png")
+        return images
+
+    def output(self, path: Path, photo: Image.Image, folder: Path, setting: Setting, controls) -> dict:
+        """One output: skipped if its file and record are there with the same settings, else made and scored."""
+        uses_control = setting.method == "controlnet"
+        params = {**self.common, "controls": self.controls.record() if uses_control else None, **setting.record()}
+        out_path = folder / f"{setting.label}.png"
+        old = self.done.get((path.stem, setting.label))
+        if old is not None and old.get("params") == params and out_path.is_file():
+            self.result.skipped += 1
+            return old
+        kw = dict(seed=self.seed, steps=self.steps, guidance_scale=self.guidance_scale)
+        image = (controlnet(self.controls.pipe, photo, controls, self.prompt, setting, **kw) if uses_control
+                 else img2img(self.pipe, photo, self.prompt, setting, **kw))
+        save_png(image, out_path)
+        self.result.written += 1
+        record = {"photo": path.stem, "source": path.name, "label": setting.label,
+                  "file": out_path.relative_to(self.result.out_dir).as_posix(), **setting.record(), "params": params}
+        record["scores"] = score_output(photo, open_rgb(out_path), out_path, self.scorer)
+        record["scores"]["photo_style_score"] = round(style_score(photo), 4)
+        return record
 
 
 def stylize_folder(pipe, photos: str | Path | Sequence[str | Path], out_dir: str | Path, settings: Sequence[Setting], *,
@@ -125,12 +174,12 @@ def stylize_folder(pipe, photos: str | Path | Sequence[str | Path], out_dir: str
     if any(s.method == "controlnet" for s in settings) and controls is None:
         raise ValueError("controlnet settings need controls (the ControlNet pipeline and preprocessors)")
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    pipe = img2img_pipeline(pipe)  # built once; it shares the modules
     common = {"prompt": prompt, "seed": int(seed), "steps": int(steps), "guidance_scale": float(guidance_scale),
               "scheduler": type(pipe.scheduler).__name__, **(extra or {})}
     before = read_stylized(out_dir)
-    done = {(r["photo"], r["label"]): r for r in before["images"]}
     result = StylizeResult(out_dir)
+    job = _Sweep(img2img_pipeline(pipe), controls, prompt, seed, steps, guidance_scale, common,
+                 {(r["photo"], r["label"]): r for r in before["images"]}, scorer, result)
     bar = tqdm(total=len(paths) * len(settings), desc="Stylizing", disable=not progress)
     seen: set[str] = set()
     for path in paths:
@@ -140,58 +189,15 @@ def stylize_folder(pipe, photos: str | Path | Sequence[str | Path], out_dir: str
                 raise Reject("duplicate", f"another photo is also named {path.stem!r} (its outputs would collide)")
             seen.add(path.stem)
             photo, notes = open_photo(path, size)
+            row.update(notes="; ".join(notes), outputs=job.photo(path, photo, settings))
         except Reject as err:
             row.update(verdict=err.verdict, reason=f"{err.code}: {err.reason}")
-            result.manifest.append(row)
-            bar.update(len(settings))
-            continue
-        row["notes"] = "; ".join(notes)
-        folder = out_dir / path.stem
-        _save_if_changed(photo, folder / INPUT_FILE)
-        controls_now = _control_images(controls, photo, folder, settings)
-        for setting in settings:
-            record = _one(pipe, photo, path, folder, setting, prompt, seed, steps, guidance_scale, controls,
-                          controls_now, common, done, scorer, result)
-            result.records.append(record)
-            row["outputs"] += 1
-            bar.update(1)
         result.manifest.append(row)
+        bar.update(len(settings))
     bar.close()
     _write_records(out_dir, common, controls, before, result.records)
     _write_manifest(out_dir / MANIFEST_FILE, result.manifest)
     return result
-
-
-def _control_images(controls: Controls | None, photo: Image.Image, folder: Path, settings) -> list[Image.Image]:
-    if controls is None or not any(s.method == "controlnet" for s in settings):
-        return []
-    images = controls.images(photo)
-    for i, (img, (kind, _)) in enumerate(zip(images, controls.preprocessors)):
-        _save_if_changed(img, folder / f"control-{i}-{kind}.png")
-    return images
-
-
-def _one(pipe, photo, path, folder, setting, prompt, seed, steps, guidance_scale, controls, control_images,
-         common, done, scorer, result) -> dict:
-    """One output: skipped if its file and record are there with the same settings, else made and scored."""
-    params = _params(setting, {**common, "controls": controls.record() if setting.method == "controlnet" else None})
-    out_path = folder / f"{setting.label}.png"
-    old = done.get((path.stem, setting.label))
-    if old is not None and old.get("params") == params and out_path.is_file():
-        result.skipped += 1
-        return old
-    if setting.method == "img2img":
-        image = img2img(pipe, photo, prompt, setting, seed=seed, steps=steps, guidance_scale=guidance_scale)
-    else:
-        image = controlnet(controls.pipe, photo, control_images, prompt, setting, seed=seed, steps=steps,
-                           guidance_scale=guidance_scale)
-    save_png(image, out_path)
-    result.written += 1
-    record = {"photo": path.stem, "source": path.name, "label": setting.label,
-              "file": out_path.relative_to(result.out_dir).as_posix(), **setting.record(), "params": params}
-    record["scores"] = score_output(photo, open_rgb(out_path), out_path, scorer)
-    record["scores"]["photo_style_score"] = round(style_score(photo), 4)
-    return record
 
 
 def _save_if_changed(image: Image.Image, path: Path) -> None:
