@@ -207,7 +207,7 @@ def test_drift_is_larger_without_prior_preservation(evaluations):
 # photos into the style: ControlNet keeps more of the photo than img2img (the shipped tiny canny ControlNet)
 # ------------------------------------------------------------------------------------------------
 
-CONTROL_MARGIN = 0.05  # mean edge-F1 advantage of ControlNet over img2img required below
+CONTROL_MARGIN = 0.1  # mean edge-F1 advantage of ControlNet over img2img required below (measured: about 0.3)
 
 
 def _structure_photos() -> list[Image.Image]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .control import CannySettings
 from .core import ConfigBase, ConfigError, check_at_least
 
 
@@ -19,17 +20,17 @@ class ControlNetBuildConfig(ConfigBase):
     resolution: int = 64  # pixels, the tiny model's; its VAE downsamples by 4 to 16 x 16 latents
     seed: int = 7  # seeds the images, the conditioning embedding's initial weights and every random draw
 
-    steps: int = 800  # optimizer steps of the ControlNet (the UNet, VAE and text encoder stay frozen)
+    steps: int = 1200  # optimizer steps of the ControlNet (the UNet, VAE and text encoder stay frozen)
     batch_size: int = 32
-    learning_rate: float = 1e-3  # AdamW, linear warm-up then cosine decay to 5%
+    learning_rate: float = 3e-3  # AdamW, linear warm-up then cosine decay to 5%
     warmup: int = 50  # warm-up steps
     caption_dropout: float = 0.5  # share of captions replaced by "": the ControlNet must read the edges
     # channels of the conditioning embedding: two stride-2 convolutions take 64 px control images to 16 x 16
     conditioning_channels: tuple[int, ...] = (16, 32, 64)
 
-    canny_sigma: float = 1.0  # the control images: cartoonify.edgemaps.canny_map with these CannySettings
-    canny_low: float = 0.7
-    canny_high: float = 0.9
+    canny_sigma: float = CannySettings.sigma  # the control images: cartoonify.edgemaps.canny_map with these CannySettings
+    canny_low: float = CannySettings.low
+    canny_high: float = CannySettings.high
 
     log_every: int = 50  # print a progress line every so many steps
 

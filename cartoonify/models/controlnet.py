@@ -17,14 +17,16 @@ from typing import Any, Sequence
 
 import torch
 
+# the names are declared with the other settings; CANNY_CONTROLNET and LINEART_CONTROLNET are lllyasviel's SD1.5
+# ControlNets v1.1 on the hub, TINY_CANNY_CONTROLNET the embedded tiny model's, shipped in EMBEDDED_CONTROLNET_DIR
+from ..config import CANNY_CONTROLNET, LINEART_CONTROLNET, TINY_CANNY_CONTROLNET
 from .loading import _dtype_kwargs, _local_or_hub
 from .weights import check_safe_to_load
 
-# lllyasviel's SD1.5 ControlNets v1.1 on the hub
-CANNY_CONTROLNET = "lllyasviel/control_v11p_sd15_canny"
-LINEART_CONTROLNET = "lllyasviel/control_v11p_sd15_lineart"
-# the embedded tiny model's canny ControlNet, shipped with the package (built by cartoonify.training.controlnet)
-TINY_CANNY_CONTROLNET = "embedded:tiny-controlnet-canny"
+__all__ = ["CANNY_CONTROLNET", "EMBEDDED_CONTROLNETS", "EMBEDDED_CONTROLNET_DIR", "LINEART_CONTROLNET",
+           "TINY_CANNY_CONTROLNET", "ControlNetUnavailable", "load_controlnet", "load_controlnets",
+           "resolve_controlnet"]
+
 EMBEDDED_CONTROLNET_DIR = Path(__file__).resolve().parent / "embedded" / "tiny-controlnet-canny"
 EMBEDDED_CONTROLNETS = {TINY_CANNY_CONTROLNET: EMBEDDED_CONTROLNET_DIR}
 
