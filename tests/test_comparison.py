@@ -17,7 +17,7 @@ from cartoonify.imaging import fit_square, open_rgb
 from cartoonify.models import image_to_image, make_scheduler
 from cartoonify.rating import RatingStore
 from cartoonify.sampling import choose_checkpoint, load_run_pipeline
-from cartoonify.stylize import stylize_photos
+from cartoonify.stylize import stylize_folder, sweep
 
 
 @pytest.fixture(scope="module")
@@ -104,18 +104,20 @@ def test_comparison_same_noise_timing_and_files(run_pipe, tmp_path, monkeypatch)
 
 
 def test_stylize_sweep(run_pipe, demo_data, tmp_path):
+    """Each img2img output of a folder sweep is the package's img2img of the photo at its strength and seed."""
     pipe, _ = run_pipe
     photos = sorted(Path(demo_data["photos_dir"]).glob("*.png"))[:1]
-    written = stylize_photos(pipe, photos, tmp_path, prompt="a person, Disney style", strengths=[0.5, 1.0], steps=4,
-                             seed=3)
+    result = stylize_folder(pipe, photos, tmp_path, sweep(["img2img"], [0.5, 1.0], []), prompt="a person, Disney style",
+                            steps=4, seed=3, progress=False)
     stem = photos[0].stem
-    assert [p.name for p in written[stem]] == ["strength-0.50.png", "strength-1.00.png"]
+    written = [tmp_path / r["file"] for r in result.records]
+    assert [p.name for p in written] == ["img2img-s0.50.png", "img2img-s1.00.png"]
     # the input is the photo as the model saw it; each output is img2img of the photo at its strength and seed
     src = open_rgb(photos[0])
     assert np.array_equal(np.asarray(open_rgb(tmp_path / stem / "input.png")), np.asarray(fit_square(src, 64)))
-    for path, strength in zip(written[stem], [0.5, 1.0]):
+    for path, strength in zip(written, [0.5, 1.0]):
         ref = image_to_image(pipe, src, "a person, Disney style", strength=strength, seed=3, num_inference_steps=4)
         assert np.array_equal(np.asarray(open_rgb(path)), np.asarray(ref.images[0]))
     meta = json.loads((tmp_path / "stylized.json").read_text())
     assert [r["strength"] for r in meta["images"]] == [0.5, 1.0] and meta["seed"] == 3
-    assert [tmp_path / r["file"] for r in meta["images"]] == written[stem]
+    assert [tmp_path / r["file"] for r in meta["images"]] == written
