@@ -19,8 +19,9 @@
     notebooks/                       the executed notebooks
 
 The files *inside* a checkpoint (weights, optimizer, RNG) are named by
-:mod:`cartoonify.training.checkpoint`; this module knows the folders, the completeness marker and its
-checksums, so that listing and resolving checkpoints needs no torch.
+:mod:`cartoonify.training.checkpoint`; this module knows the folders (``resume/``, the resume state that
+only the newest checkpoints keep), the completeness marker and its checksums, so that listing and
+resolving checkpoints needs no torch.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 RUN_INFO_FILE = "run_info.json"
 MARKER = "checkpoint.json"  # the last file of a checkpoint: its presence means the save completed
+RESUME_DIR = "resume"  # inside a checkpoint: what only resuming needs (kept by the newest checkpoints)
+RESUME_KEY = "resume_state"  # the marker's record of it: RESUME_DIR, or None once removed
 IMAGES_JSON = "images.json"  # the record of a folder of generated images
 TRAIN_LOG = "train_log.csv"
 HELDOUT_LOG = "heldout_loss.csv"
@@ -296,6 +299,53 @@ def verify_checkpoint(folder: str | Path) -> list[str]:
     return problems
 
 
+def resume_dir(folder: str | Path) -> Path | None:
+    """Where a complete checkpoint keeps its resume state: ``resume/``; the folder itself for a checkpoint
+    of the earlier layout (a marker without ``resume_state``: everything at the top level, fp32 weights in
+    ``unet/``); None when it holds evaluation weights only, or its marker cannot be read."""
+    folder = Path(folder)
+    try:
+        marker = read_marker(folder)
+    except (OSError, ValueError):
+        return None
+    if RESUME_KEY not in marker:
+        return folder
+    return folder / marker[RESUME_KEY] if marker[RESUME_KEY] else None
+
+
+def drop_resume_state(folder: str | Path) -> bool:
+    """Reduce a complete checkpoint to its evaluation weights; returns whether it held a resume state.
+
+    Crash-safe order: the marker is first rewritten (atomically) without the resume files and with
+    ``resume_state: null``, so the checkpoint verifies whatever happens next; then every file the marker
+    does not list is removed (also those a crash after the rewrite left behind).
+    """
+    folder = Path(folder)
+    where = resume_dir(folder)
+    try:
+        marker = read_marker(folder)
+    except (OSError, ValueError):
+        return False  # a damaged marker: leave the folder for verify_checkpoint to report
+    if where is not None:
+        prefix = "" if where == folder else f"{where.relative_to(folder).as_posix()}/"
+        is_resume = (lambda rel: "/" not in rel) if not prefix else (lambda rel: rel.startswith(prefix))
+        files = {rel: meta for rel, meta in marker["files"].items() if not is_resume(rel)}
+        marker = {**marker, RESUME_KEY: None, "files": files}
+        write_json(folder / MARKER, marker)
+    for path in sorted(folder.rglob("*"), reverse=True):  # a folder's files before the folder
+        rel = path.relative_to(folder).as_posix()
+        if path.is_file() and rel != MARKER and rel not in marker["files"]:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+    return where is not None
+
+
+def resumable_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints that still hold a resume state, oldest first."""
+    return [p for p in list_checkpoints(run_dir) if resume_dir(p) is not None]
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete checkpoints of a run (those with their marker file), oldest first.
 
@@ -323,9 +373,10 @@ def resolve_checkpoint(run_dir: str | Path, which: str, verify: bool = False) ->
     """A checkpoint of a run by name: ``"latest"``, ``"pipeline"`` (the final pipeline), a
     ``checkpoint-<step>`` folder name, or a path.
 
-    With ``verify`` (resuming), "latest" is the newest checkpoint whose checksums hold (damaged ones are
-    reported and skipped; None if there is none) and a named one with a problem is refused. Without it,
-    "latest" with no checkpoint and an unknown name raise ``FileNotFoundError``.
+    With ``verify`` (resuming) only a checkpoint that holds a resume state will do: "latest" is the newest
+    one whose checksums hold (damaged ones are reported and skipped; None if there is none) and a named one
+    that is damaged or holds evaluation weights only is refused. Without it (evaluation), "latest" is the
+    newest checkpoint, and "latest" with no checkpoint and an unknown name raise ``FileNotFoundError``.
     """
     layout = RunLayout(Path(run_dir))
     if which == "pipeline":
@@ -334,24 +385,57 @@ def resolve_checkpoint(run_dir: str | Path, which: str, verify: bool = False) ->
         return layout.pipeline
     ckpts = list_checkpoints(layout.run_dir)
     if which == "latest":
-        for path in reversed(ckpts):
-            problems = verify_checkpoint(path) if verify else []
-            if not problems:
-                return path
-            logger.warning("skipping damaged checkpoint %s: %s", path, "; ".join(problems))
-            warnings.warn(f"skipping damaged checkpoint {path}: {'; '.join(problems)}", RuntimeWarning, stacklevel=2)
         if verify:
-            return None
-        raise FileNotFoundError(f"{layout.run_dir} has no complete checkpoint yet")
+            return _latest_resumable(layout, ckpts)
+        if not ckpts:
+            raise FileNotFoundError(f"{layout.run_dir} has no complete checkpoint yet")
+        return ckpts[-1]
     path = Path(which)
     if not path.is_dir():
         path = layout.checkpoints / which
     if verify:
-        problems = verify_checkpoint(path)
-        if problems:
-            raise CheckpointError(f"resume_from_checkpoint: {path} cannot be used: {'; '.join(problems)}")
+        _check_resumable(path, ckpts)
         return path
     if path not in ckpts and not path.is_dir():
         names = ", ".join(p.name for p in ckpts) or "none"
         raise FileNotFoundError(f"no checkpoint {which!r} in {layout.checkpoints} (have: {names})")
     return path
+
+
+def _latest_resumable(layout: RunLayout, ckpts: list[Path]) -> Path | None:
+    """The newest checkpoint with a resume state whose checksums hold; None when the run has none, except
+    that checkpoints with evaluation weights only are refused rather than silently trained over."""
+    evaluation_only = []
+    for path in reversed(ckpts):
+        problems = verify_checkpoint(path)
+        if problems:
+            logger.warning("skipping damaged checkpoint %s: %s", path, "; ".join(problems))
+            warnings.warn(f"skipping damaged checkpoint {path}: {'; '.join(problems)}", RuntimeWarning, stacklevel=3)
+        elif resume_dir(path) is None:
+            evaluation_only.append(path.name)
+        else:
+            return path
+    if evaluation_only:
+        raise CheckpointError(
+            f"resume_from_checkpoint='latest': no checkpoint in {layout.checkpoints} can be resumed: "
+            f"{', '.join(evaluation_only)} hold evaluation weights only (fp16 unet/ and text_encoder/; only the "
+            "newest keep_resume_states checkpoints keep the resume state) and no newer one is intact. They can "
+            "still be evaluated; to train again, start a new run in another output_dir."
+        )
+    return None
+
+
+def _check_resumable(path: Path, ckpts: list[Path]) -> None:
+    """Refuse a named checkpoint that is damaged or holds evaluation weights only, naming what to resume."""
+    problems = verify_checkpoint(path)
+    if problems:
+        raise CheckpointError(f"resume_from_checkpoint: {path} cannot be used: {'; '.join(problems)}")
+    if resume_dir(path) is None:
+        usable = [p.name for p in ckpts if resume_dir(p) is not None]
+        hint = (f"resume from {' or '.join(usable)} instead ('latest' picks the newest)" if usable
+                else "no checkpoint of this run can be resumed; start a new run in another output_dir")
+        raise CheckpointError(
+            f"resume_from_checkpoint: {path.name} holds evaluation weights only (fp16 unet/ and text_encoder/; "
+            "its resume state was removed when a newer checkpoint was saved, see keep_resume_states): it can be "
+            f"evaluated but not resumed; {hint}"
+        )

@@ -24,10 +24,25 @@ from .runs import CHECKPOINT_PREFIX, list_checkpoints, load_config, read_evaluat
 from .training.checkpoint import TEXT_ENCODER, UNET
 
 
+def _stored_dtype(folder: Path) -> torch.dtype | None:
+    """The dtype of the floating-point weights in a folder's safetensors (None: none found)."""
+    from safetensors import safe_open
+
+    names = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (a safe_open handle is not a dict)
+                stored = f.get_slice(key).get_dtype()
+                if stored in names:
+                    return names[stored]
+    return None
+
+
 def load_trained_modules(
     checkpoint: str | Path, base_configs: dict[str, dict] | None = None, allow_pickle: bool = False
 ) -> dict[str, Any]:
-    """The trained modules a checkpoint folder holds: ``unet`` and, if trained, ``text_encoder``.
+    """The trained modules a checkpoint folder holds: ``unet`` and, if trained, ``text_encoder``, in the
+    dtype they are stored in (fp16 in a checkpoint; fp32 in one of the earlier layout).
 
     Only safetensors are loaded: a folder with pickle weights is refused unless ``allow_pickle``. With
     ``base_configs`` (``{"unet": config, ...}`` of the base model), a module whose architecture differs
@@ -40,15 +55,18 @@ def load_trained_modules(
     if not (checkpoint / UNET).is_dir():
         raise FileNotFoundError(f"checkpoint has no {UNET}/ folder: {checkpoint}")
     check_safe_to_load(checkpoint, allow_pickle)
-    classes = {UNET: UNet2DConditionModel, TEXT_ENCODER: CLIPTextModel}
+    classes = {UNET: (UNet2DConditionModel, "torch_dtype"), TEXT_ENCODER: (CLIPTextModel, "dtype")}
     modules: dict[str, Any] = {}
-    for name, cls in classes.items():
+    for name, (cls, dtype_key) in classes.items():
         if not (checkpoint / name).is_dir():
             continue
         if base_configs and name in base_configs:
             saved = json.loads((checkpoint / name / "config.json").read_text())
             check_architecture(saved, base_configs[name], name, str(checkpoint), "the base model")
-        modules[name] = cls.from_pretrained(checkpoint, subfolder=name, use_safetensors=None if allow_pickle else True)
+        dtype = _stored_dtype(checkpoint / name)
+        kwargs = {dtype_key: dtype} if dtype is not None else {}
+        modules[name] = cls.from_pretrained(checkpoint, subfolder=name, use_safetensors=None if allow_pickle else True,
+                                            **kwargs)
     return modules
 
 

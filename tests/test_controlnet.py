@@ -25,9 +25,9 @@ from cartoonify.models import (
 from cartoonify.training.controlnet import BUILD_RECORD, build_tiny_controlnet, control_f1, held_out_controls
 
 SHIPPED_LIMIT = 4 * 1024 * 1024  # bytes of ControlNet weights the package may carry
-# mean held-out edge F1 at conditioning scale 1 minus scale 0: measured +0.XXX at build time (README.md), less a
+# mean held-out edge F1 at conditioning scale 1 minus scale 0: measured +0.216 at build time (README.md), less a
 # safety margin for other machines' arithmetic
-CONTROL_MARGIN = 0.10
+CONTROL_MARGIN = 0.12
 
 
 def _tiny_config(**overrides) -> ControlNetBuildConfig:

@@ -50,9 +50,10 @@ def _trainer(config, *callbacks):
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    """SHA-256 of the trained weights and optimizer state of a checkpoint."""
-    names = ["unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors", "optimizer.safetensors",
-             "optimizer.json", "lr_scheduler.json"]
+    """SHA-256 of the trained weights (fp16 for evaluation, fp32 for resuming) and optimizer state of a checkpoint."""
+    names = ["unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+             "resume/unet/diffusion_pytorch_model.safetensors", "resume/text_encoder/model.safetensors",
+             "resume/optimizer.safetensors", "resume/optimizer.json", "resume/lr_scheduler.json"]
     return {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in names}
 
 
@@ -158,12 +159,12 @@ def test_more_kill_points(kill_config, uninterrupted, step):
 
 
 def test_damaged_checkpoint_is_skipped_on_resume(kill_config):
-    config = kill_config("damaged", max_train_steps=4)
+    config = kill_config("damaged", max_train_steps=4, keep_resume_states=2)
     _trainer(config).run()
     run = Path(config.output_dir)
-    victim = run / "checkpoints" / "checkpoint-4" / "optimizer.safetensors"
+    victim = run / "checkpoints" / "checkpoint-4" / "resume" / "optimizer.safetensors"
     victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")
-    assert "optimizer.safetensors does not match its checksum" in verify_checkpoint(victim.parent)
+    assert "resume/optimizer.safetensors does not match its checksum" in verify_checkpoint(victim.parent.parent)
     with pytest.warns(RuntimeWarning, match="skipping damaged checkpoint"):
         trainer = _trainer(config.replace(resume_from_checkpoint="latest", max_train_steps=6))
     assert trainer.resumed_from.name == "checkpoint-2" and trainer.global_step == 2
@@ -327,10 +328,10 @@ def test_resume_refuses_pickle_weights(kill_config):
     config = kill_config("resume-pickle", max_train_steps=2)
     _trainer(config).run()
     ckpt = Path(config.output_dir) / "checkpoints" / "checkpoint-2"
-    st = ckpt / "unet" / "diffusion_pytorch_model.safetensors"
+    st = ckpt / "resume" / "unet" / "diffusion_pytorch_model.safetensors"  # the weights resuming reads
     from safetensors.torch import load_file
 
-    torch.save(load_file(st), ckpt / "unet" / "diffusion_pytorch_model.bin")
+    torch.save(load_file(st), st.parent / "diffusion_pytorch_model.bin")
     st.unlink()
     write_marker(ckpt, json.loads((ckpt / "checkpoint.json").read_text()))
     with pytest.raises(CheckpointError, match="allow_pickle"):

@@ -138,9 +138,12 @@ def test_checkpoints_at_configured_steps_and_reload(trained_run):
         step = int(ckpt.name.split("-")[1])
         assert (ckpt / "unet" / "diffusion_pytorch_model.safetensors").is_file()
         assert (ckpt / "text_encoder" / "model.safetensors").is_file()
-        for name in ("optimizer.safetensors", "optimizer.json", "lr_scheduler.json", "grad_scaler.json",
-                     "rng_0.safetensors", "rng_0.json", "trainer_state.json"):
-            assert (ckpt / name).is_file(), name  # what resume needs, in safetensors and JSON only
+        resume = ckpt / "resume"
+        names = ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors", "optimizer.safetensors",
+                 "optimizer.json", "lr_scheduler.json", "grad_scaler.json", "rng_0.safetensors", "rng_0.json",
+                 "trainer_state.json")
+        for name in names:  # what resume needs, in safetensors and JSON only: the newest checkpoint's alone
+            assert (resume / name).is_file() == (step == 4), name
         assert not [p for p in ckpt.rglob("*") if p.suffix in (".bin", ".pkl", ".pt")]
         from cartoonify.runs import verify_checkpoint
 
@@ -149,9 +152,9 @@ def test_checkpoints_at_configured_steps_and_reload(trained_run):
         assert marker["global_step"] == step
         modules = load_trained_modules(ckpt)
         snap = trained_run["snapshots"][step]
-        for name in ("unet", "text_encoder"):
+        for name in ("unet", "text_encoder"):  # fp16 for evaluation
             sd = modules[name].state_dict()
-            assert all(torch.equal(sd[k], snap[name][k]) for k in snap[name])
+            assert all(torch.equal(sd[k], snap[name][k].half()) for k in snap[name])
     assert not list((run_dir / "checkpoints").glob(".tmp-*"))
     # validation at every checkpoint, with the NSFW flag recorded per image
     for step in (2, 4):
@@ -170,13 +173,17 @@ def test_checkpoints_at_configured_steps_and_reload(trained_run):
 
 def test_final_pipeline_loads(trained_run):
     from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
 
-    pipe = StableDiffusionPipeline.from_pretrained(trained_run["result"].pipeline_dir)
+    pipe_dir = trained_run["result"].pipeline_dir
+    stored = load_file(pipe_dir / "unet" / "diffusion_pytorch_model.safetensors")
+    assert {v.dtype for v in stored.values()} == {torch.float16}  # final_pipeline_precision="fp16"
+    pipe = StableDiffusionPipeline.from_pretrained(pipe_dir)
     sd = pipe.unet.state_dict()
     snap = trained_run["snapshots"][4]["unet"]
-    assert all(torch.equal(sd[k], snap[k]) for k in snap)
+    assert all(torch.equal(sd[k], snap[k].half().float()) for k in snap)
     te = pipe.text_encoder.state_dict()
-    assert all(torch.equal(te[k], v) for k, v in trained_run["snapshots"][4]["text_encoder"].items())
+    assert all(torch.equal(te[k], v.half().float()) for k, v in trained_run["snapshots"][4]["text_encoder"].items())
     assert type(pipe.scheduler).__name__ == "PNDMScheduler"  # the model's own sampler, not the DDPM noise one
     out = pipe("a person, Disney style", num_inference_steps=2, output_type="np")
     assert out.images.shape == (1, 64, 64, 3)
@@ -203,7 +210,7 @@ def test_resume_continues_from_latest(small_config, trained_run):
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     straight = read_loss_log(trained_run["result"].log_csv)
     assert [r["loss"] for r in rows] == [r["loss"] for r in straight]
-    resumed = load_trained_modules(second.checkpoints[-1])
+    resumed = load_trained_modules(second.checkpoints[-1] / "resume")  # the fp32 weights, bit for bit
     for name in ("unet", "text_encoder"):
         sd = resumed[name].state_dict()
         assert all(torch.equal(sd[k], v) for k, v in trained_run["snapshots"][4][name].items()), name
@@ -313,7 +320,8 @@ def test_frozen_text_encoder_accumulation_random_crop_no_prior(small_config, tin
 
     pipe = StableDiffusionPipeline.from_pretrained(res.pipeline_dir)
     base = load_components(str(tiny_model), variant=None)["text_encoder"].state_dict()
-    assert all(torch.equal(pipe.text_encoder.state_dict()[k], v) for k, v in base.items())
+    assert all(torch.equal(pipe.text_encoder.state_dict()[k], v.half().float() if v.is_floating_point() else v)
+               for k, v in base.items())  # the frozen base text encoder, in the fp16 pipeline
     assert pipe("x", num_inference_steps=2, output_type="np").images.shape == (1, 64, 64, 3)
 
 

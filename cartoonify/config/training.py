@@ -22,6 +22,7 @@ TINY_RANDOM_MODEL = "embedded:tiny-random"  # the same format with random weight
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 PRIOR_PRECISIONS = ("no", "fp32", "fp16", "bf16")
+FINAL_PIPELINE_PRECISIONS = ("fp16", "fp32")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
@@ -85,6 +86,7 @@ class TrainConfig(ConfigBase):
     output_dir: str = resumable("outputs/disney")  # the run folder, outputs/<run>
     checkpointing_steps: int = resumable(500)
     checkpoints_total_limit: Optional[int] = resumable(None)  # keep at most this many checkpoints (None: all)
+    keep_resume_states: int = resumable(1)  # the newest checkpoints that keep the resume state (the rest: fp16 weights)
     resume_from_checkpoint: Optional[str] = resumable(None)  # "latest", a checkpoint folder name, or None
     logging_dir: str = "logs"  # inside the run folder
     disk_check: str = resumable("refuse")  # before training: "refuse" or "warn" if the run needs more disk than is free
@@ -103,6 +105,7 @@ class TrainConfig(ConfigBase):
     validation_guidance_scale: float = resumable(7.5)
     validate_at_start: bool = resumable(False)  # also validate the base model, as step 0, before training
     save_final_pipeline: bool = resumable(True)  # write outputs/<run>/pipeline/ at the end
+    final_pipeline_precision: str = resumable("fp16")  # dtype of the final pipeline's weights: "fp16" or "fp32"
 
     seed: int = 42
 
@@ -113,8 +116,10 @@ class TrainConfig(ConfigBase):
         check_choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
         check_choice("report_to", self.report_to, ("tensorboard", "none"))
         check_choice("disk_check", self.disk_check, ("refuse", "warn", "off"))
+        check_choice("final_pipeline_precision", self.final_pipeline_precision, FINAL_PIPELINE_PRECISIONS)
         check_at_least(self, 1, "resolution", "train_batch_size", "max_train_steps", "gradient_accumulation_steps",
-                       "checkpointing_steps", "sample_batch_size", "class_inference_steps", "validation_inference_steps")
+                       "checkpointing_steps", "keep_resume_states", "sample_batch_size", "class_inference_steps",
+                       "validation_inference_steps")
         check_at_least(self, 0, "num_class_images", "num_validation_images", "lr_warmup_steps", "dataloader_num_workers",
                        "holdout_images")
         if self.learning_rate <= 0:

@@ -1,15 +1,28 @@
 """Checkpoints: saving, restoring and pruning, and the name of every file inside a checkpoint folder.
 
-A checkpoint folder holds the trained modules (``unet/``, ``text_encoder/``: ``save_pretrained`` in
-safetensors), the optimizer (8-bit state included), LR scheduler and grad scaler states, every random
-generator (one file per process), the data position, and last the marker with the SHA-256 of every file
-(:func:`cartoonify.runs.write_marker`). It is written to a hidden temporary folder and renamed into
-place, so a folder named ``checkpoint-<step>`` is complete, and the checksums catch one damaged later.
-The folders themselves are named by :class:`cartoonify.runs.RunLayout`.
+A checkpoint folder holds::
+
+    unet/, text_encoder/    the trained modules in fp16 (save_pretrained, safetensors): what validation,
+                            rating, the scheduler comparison, stylization and export read
+    resume/                 the full resume state, kept by the newest ``keep_resume_states`` checkpoints only:
+      unet/, text_encoder/    the trained modules in fp32 (resuming reads these, never the fp16 copy)
+      optimizer.*             the optimizer (8-bit state included), lr_scheduler.json, grad_scaler.json,
+      rng_<rank>.*            every random generator (one file per process), trainer_state.json (the data position)
+    checkpoint.json         the marker, last: the SHA-256 of every file and where the resume state is
+
+It is written to a hidden temporary folder and renamed into place, so a folder named ``checkpoint-<step>`` is
+complete, and the checksums catch one damaged later. Once a newer checkpoint is complete, the older ones
+lose their ``resume/`` (:func:`drop_resume_states`): first the marker is rewritten without it, then it is
+removed (:func:`cartoonify.runs.drop_resume_state`). A checkpoint of the earlier layout (fp32 ``unet/`` and
+``text_encoder/``, the rest at the top level, no ``resume_state`` in its marker) still loads for evaluation
+and still resumes: its top level is its resume state. The folders themselves are named by
+:class:`cartoonify.runs.RunLayout`.
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
 import logging
 import os
@@ -18,8 +31,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from ..models.weights import check_architecture, check_safe_to_load
-from ..runs import CheckpointError, RunLayout, list_checkpoints, resolve_checkpoint, write_marker
+from ..runs import (
+    RESUME_DIR,
+    RESUME_KEY,
+    CheckpointError,
+    RunLayout,
+    drop_resume_state,
+    list_checkpoints,
+    resolve_checkpoint,
+    resume_dir,
+    write_marker,
+)
 from ..utils import write_json
 from .state import load_state, rng_states, save_state, set_rng_states
 
@@ -32,9 +57,11 @@ OPTIMIZER = "optimizer"
 LR_SCHEDULER = "lr_scheduler"
 GRAD_SCALER = "grad_scaler"
 TRAINER_STATE = "trainer_state.json"
+EVALUATION_DTYPE = torch.float16  # the trained modules in unet/ and text_encoder/
 
 __all__ = ["CheckpointError", "CheckpointSaveError", "TrainState", "save_checkpoint", "restore_checkpoint",
-           "prune_checkpoints", "read_module_state", "rng_file"]
+           "prune_checkpoints", "drop_resume_states", "read_module_state", "rng_file", "cast_copy",
+           "record_default_dtype"]
 
 
 class CheckpointSaveError(OSError):
@@ -79,28 +106,69 @@ def _atomic_replace(tmp: Path, final: Path, displaced: Path) -> None:
         os.replace(tmp, final)
 
 
+def cast_copy(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A copy of ``module`` on the CPU with its floating-point parameters and buffers in ``dtype`` (others
+    keep theirs); ``module`` is untouched, and no second copy in its own precision is made."""
+    memo: dict[int, Any] = {}
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        if id(t) not in memo:
+            new = t.detach().to("cpu", dtype if t.is_floating_point() else t.dtype, copy=True,
+                                memory_format=torch.contiguous_format)
+            memo[id(t)] = torch.nn.Parameter(new, requires_grad=False) if isinstance(t, torch.nn.Parameter) else new
+    return copy.deepcopy(module, memo)
+
+
+def record_default_dtype(folder: Path) -> None:
+    """Make the ``config.json`` in ``folder`` (if any) record float32 wherever it records a dtype, as the
+    hub's fp16 variants do (fp16 weights, the fp32 config): ``from_pretrained`` without a dtype then loads a
+    transformers module in fp32 like diffusers' own, instead of a pipeline of mixed dtypes."""
+    path = folder / "config.json"
+    if not path.is_file():
+        return
+
+    def fix(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: "float32" if k in ("dtype", "torch_dtype") and v is not None else fix(v) for k, v in obj.items()}
+        return obj
+
+    write_json(path, fix(json.loads(path.read_text())))
+
+
+def save_module(module: torch.nn.Module, folder: Path, dtype: torch.dtype | None = None) -> None:
+    """``save_pretrained`` (safetensors) of a trained module, in ``dtype`` (None: as it is); a cast copy
+    still loads in fp32 by default (:func:`record_default_dtype`)."""
+    out = module if dtype is None else cast_copy(module, dtype)
+    out.save_pretrained(str(folder), safe_serialization=True)
+    if dtype is not None:
+        record_default_dtype(folder)
+
+
 def _write_files(tmp: Path, parts: CheckpointParts, on_file: Callable[[Path], None]) -> None:
-    acc = parts.accelerator
+    acc, resume = parts.accelerator, tmp / RESUME_DIR
     if acc.is_main_process:
-        for name, module in parts.modules.items():
-            module.save_pretrained(str(tmp / name), safe_serialization=True)
+        for name, module in parts.modules.items():  # for evaluation
+            save_module(module, tmp / name, EVALUATION_DTYPE)
             on_file(tmp / name)
+        for name, module in parts.modules.items():  # for resuming: the weights as they are trained (fp32)
+            save_module(module, resume / name)
+            on_file(resume / name)
         for name, state in (
             (OPTIMIZER, parts.optimizer.state_dict()),
             (LR_SCHEDULER, parts.lr_scheduler.state_dict()),
             (GRAD_SCALER, parts.scaler.state_dict() if parts.scaler is not None else {}),
         ):
-            save_state(tmp, name, state)
-            on_file(tmp / name)
-    save_state(tmp, rng_file(acc.process_index), rng_states(parts.generator))
-    on_file(tmp / rng_file(acc.process_index))
+            save_state(resume, name, state)
+            on_file(resume / name)
+    save_state(resume, rng_file(acc.process_index), rng_states(parts.generator))
+    on_file(resume / rng_file(acc.process_index))
 
 
 def save_checkpoint(
     layout: RunLayout, parts: CheckpointParts, state: TrainState, info: dict[str, Any],
     on_file: Callable[[Path], None] = lambda path: None,
 ) -> Path:
-    """Save the full training state to ``checkpoints/checkpoint-<step>``, atomically.
+    """Save the trained modules (fp16, for evaluation) and the full resume state (``resume/``) to
+    ``checkpoints/checkpoint-<step>``, atomically.
 
     ``on_file`` is called after each file or folder is written (instrumentation, fault injection). A write
     error (a full disk) removes the temporary folder, leaves every earlier checkpoint as it was, and raises
@@ -115,14 +183,14 @@ def save_checkpoint(
         for stale in (tmp, layout.replaced_checkpoint(step)):  # left by a crash
             if stale.exists():
                 shutil.rmtree(stale)
-        tmp.mkdir()
+        (tmp / RESUME_DIR).mkdir(parents=True)
     acc.wait_for_everyone()
     try:
         _write_files(tmp, parts, on_file)
         acc.wait_for_everyone()
         if acc.is_main_process:
-            write_json(tmp / TRAINER_STATE, {**asdict(state), "epoch": info.get("epoch")})
-            write_marker(tmp, {**asdict(state), **info, "processes": acc.num_processes})
+            write_json(tmp / RESUME_DIR / TRAINER_STATE, {**asdict(state), "epoch": info.get("epoch")})
+            write_marker(tmp, {**asdict(state), **info, "processes": acc.num_processes, RESUME_KEY: RESUME_DIR})
             _atomic_replace(tmp, final, layout.replaced_checkpoint(step))
     except (OSError, SafetensorError) as err:  # safetensors reports a full disk as SafetensorError
         if acc.is_main_process and tmp.exists():
@@ -149,6 +217,19 @@ def prune_checkpoints(layout: RunLayout, limit: int | None) -> list[Path]:
     return removed
 
 
+def drop_resume_states(layout: RunLayout, keep: int) -> list[Path]:
+    """Remove the resume state of all but the newest ``keep`` checkpoints that hold one (called once a new
+    checkpoint is complete); returns those reduced to evaluation weights. Files a crash left behind in the
+    others (after their marker was rewritten) are removed too."""
+    ckpts = list_checkpoints(layout.run_dir)
+    holding = [c for c in ckpts if resume_dir(c) is not None]
+    kept = holding[-keep:]
+    for ckpt in ckpts:
+        if ckpt not in kept and drop_resume_state(ckpt):
+            logger.info("removed the resume state of %s (keep_resume_states=%d)", ckpt, keep)
+    return [c for c in holding if c not in kept]
+
+
 def read_module_state(folder: Path, name: str, model_config: dict, base: str) -> dict[str, Any]:
     """The weights of trained module ``name`` in a checkpoint folder, after checking that its architecture
     is the base model's (``model_config``)."""
@@ -165,24 +246,32 @@ def read_module_state(folder: Path, name: str, model_config: dict, base: str) ->
 def restore_checkpoint(
     layout: RunLayout, which: str, parts: CheckpointParts, base: str, allow_pickle: bool = False
 ) -> tuple[Path, TrainState] | None:
-    """Restore everything that makes the rest of the run identical: trained weights, optimizer (8-bit
-    state included), LR scheduler, grad scaler, every random generator and the data position.
+    """Restore everything that makes the rest of the run identical from a checkpoint's resume state: the
+    fp32 trained weights, optimizer (8-bit state included), LR scheduler, grad scaler, every random
+    generator and the data position.
 
-    Returns ``(folder, state)``, or None when ``which`` is "latest" and the run has no usable checkpoint.
+    Returns ``(folder, state)``, or None when ``which`` is "latest" and the run has no usable checkpoint. A
+    checkpoint with evaluation weights only is refused (:func:`cartoonify.runs.resolve_checkpoint`).
     """
     path = resolve_checkpoint(layout.run_dir, which, verify=True)
     if path is None:
         return None
     check_safe_to_load(path, allow_pickle)
+    root = resume_dir(path)  # resume/, or the checkpoint itself in the earlier layout
     for name, model in parts.modules.items():
         config = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config)
-        model.load_state_dict(read_module_state(path, name, config, base), strict=True)
-    parts.optimizer.load_state_dict(load_state(path, OPTIMIZER))
-    parts.lr_scheduler.load_state_dict(load_state(path, LR_SCHEDULER))
-    scaler_state = load_state(path, GRAD_SCALER)
+        weights = read_module_state(root, name, config, base)
+        dtypes = {str(v.dtype) for v in weights.values() if v.is_floating_point()} - {str(model.dtype)}
+        if dtypes:  # load_state_dict would cast them silently, and the run would not continue exactly
+            raise CheckpointError(f"{root / name} holds {', '.join(sorted(dtypes))} weights, the model trains in "
+                                  f"{model.dtype}: it is not a resume state")
+        model.load_state_dict(weights, strict=True)
+    parts.optimizer.load_state_dict(load_state(root, OPTIMIZER))
+    parts.lr_scheduler.load_state_dict(load_state(root, LR_SCHEDULER))
+    scaler_state = load_state(root, GRAD_SCALER)
     if parts.scaler is not None and scaler_state:
         parts.scaler.load_state_dict(scaler_state)
-    set_rng_states(load_state(path, rng_file(parts.accelerator.process_index)), parts.generator)
-    saved = json.loads((path / TRAINER_STATE).read_text())
+    set_rng_states(load_state(root, rng_file(parts.accelerator.process_index)), parts.generator)
+    saved = json.loads((root / TRAINER_STATE).read_text())
     state = TrainState(int(saved["global_step"]), int(saved["micro_step"]), int(saved.get("skipped_steps", 0)))
     return path, state

@@ -11,6 +11,9 @@ import torch
 from ..config import TrainConfig
 from ..models import load_components, load_safety_components, pipeline_from_modules
 from ..runs import RunLayout
+from .checkpoint import cast_copy, record_default_dtype
+
+PIPELINE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
 
 def save_pipeline(
@@ -19,13 +22,16 @@ def save_pipeline(
 ) -> Path:
     """Write the fine-tuned pipeline (safetensors) to ``pipeline/``, atomically; returns the folder.
 
-    The trained modules are saved as they are (fp32). Frozen modules that were cast to the mixed-precision
-    dtype for training (``weight_dtype``) are taken from the base model again, in fp32.
+    Every module is saved in ``final_pipeline_precision`` (fp16 by default: half the disk; fp32 keeps the
+    trained weights as they are); without a dtype, ``from_pretrained`` loads either in fp32. Frozen modules
+    that were cast to another mixed-precision dtype for training (``weight_dtype``) are taken from the base
+    model again. The modules in memory are left as they are: the fp16 ones are copies.
     """
     out, tmp = layout.pipeline, layout.partial_pipeline
+    target = PIPELINE_DTYPES[config.final_pipeline_precision]
     if tmp.exists():
         shutil.rmtree(tmp)
-    if weight_dtype != torch.float32:
+    if weight_dtype not in (torch.float32, target):
         base = load_components(model_path, revision=config.revision, variant=config.variant)
         vae = base["vae"]
         if not config.train_text_encoder:
@@ -33,17 +39,20 @@ def save_pipeline(
         safety_checker, feature_extractor = load_safety_components(
             model_path, revision=config.revision, variant=config.variant
         )
+    modules = {"unet": unet, "text_encoder": text_encoder, "vae": vae, "safety_checker": safety_checker}
+    if target != torch.float32:
+        modules = {k: None if m is None else cast_copy(m, target) for k, m in modules.items()}
     pipe = pipeline_from_modules(
-        unet=unet,
-        text_encoder=text_encoder,
-        vae=vae,
+        **modules,
         tokenizer=tokenizer,
         scheduler=scheduler,
-        safety_checker=safety_checker,
         feature_extractor=feature_extractor,
         requires_safety_checker=safety_checker is not None,
     )
     pipe.save_pretrained(str(tmp), safe_serialization=True)
+    if target != torch.float32:  # from_pretrained without a dtype: every module in fp32, none mixed
+        for name in modules:
+            record_default_dtype(tmp / name)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

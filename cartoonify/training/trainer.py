@@ -26,6 +26,7 @@ from .checkpoint import (
     UNET,
     CheckpointParts,
     TrainState,
+    drop_resume_states,
     prune_checkpoints,
     restore_checkpoint,
     save_checkpoint,
@@ -157,12 +158,14 @@ class DreamBoothTrainer:
                                self.accelerator.scaler, self.generator, self.accelerator)
 
     def save_checkpoint(self) -> Path:
-        """Save the full training state as ``checkpoints/checkpoint-<step>`` and prune old checkpoints."""
+        """Save ``checkpoints/checkpoint-<step>`` (fp16 weights and the full resume state), then prune old
+        checkpoints and drop the resume state of all but the newest ``keep_resume_states``."""
         info = {"epoch": self.epoch, "optimizer": self.optimizer_name}
         path = save_checkpoint(self.layout, self._parts(), self.state, info,
                                on_file=lambda p: self.callbacks.fire("on_checkpoint_file", self, p))
         if self.accelerator.is_main_process:
             prune_checkpoints(self.layout, self.config.checkpoints_total_limit)
+            drop_resume_states(self.layout, self.config.keep_resume_states)
         self.accelerator.wait_for_everyone()
         self.callbacks.fire("on_checkpoint_saved", self, path)
         return path
