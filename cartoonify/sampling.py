@@ -22,6 +22,7 @@ from .models import (
 from .rating import RatingStore, best_group, collect_items, summarize
 from .runs import CHECKPOINT_PREFIX, list_checkpoints, load_config, read_evaluation, resolve_checkpoint
 from .training.checkpoint import TEXT_ENCODER, UNET
+from .training.lora import is_lora_checkpoint, load_lora_file, remove_lora
 
 
 def _stored_dtype(folder: Path) -> torch.dtype | None:
@@ -70,6 +71,30 @@ def load_trained_modules(
     return modules
 
 
+def apply_checkpoint(pipe, checkpoint: str | Path | None, base_modules: dict[str, Any] | None = None,
+                     allow_pickle: bool = False) -> None:
+    """Make ``pipe`` (the base model) the fine-tuned model of a training checkpoint, in place.
+
+    A full checkpoint's trained modules replace the pipeline's (cast to its dtype and device); a LoRA
+    checkpoint's adapter file is loaded onto the base weights (:func:`~cartoonify.training.lora.load_lora_file`),
+    unfused, as the run computed its own validation images. With ``base_modules`` (``{"unet": ..., "text_encoder":
+    ...}`` of the base model), the pipeline is first put back to them and any adapter removed, so that one
+    pipeline can visit several checkpoints (``checkpoint`` None: the base model).
+    """
+    if base_modules is not None:
+        remove_lora(pipe.unet, pipe.text_encoder)
+        pipe.register_modules(**base_modules)
+        remove_lora(pipe.unet, pipe.text_encoder)
+    if checkpoint is None:
+        return
+    if is_lora_checkpoint(checkpoint):
+        load_lora_file(pipe.unet, pipe.text_encoder, checkpoint)
+        return
+    base_configs = {UNET: dict(pipe.unet.config), TEXT_ENCODER: pipe.text_encoder.config.to_dict()}
+    for name, module in load_trained_modules(checkpoint, base_configs, allow_pickle).items():
+        pipe.register_modules(**{name: module.to(device=pipe.device, dtype=pipe.unet.dtype)})
+
+
 def load_finetuned(
     base_model: str = DEFAULT_MODEL,
     checkpoint: str | Path | None = None,
@@ -85,7 +110,7 @@ def load_finetuned(
     """A text-to-image pipeline: the base model with a checkpoint's trained modules swapped in.
 
     ``checkpoint`` may be a training checkpoint (``checkpoints/checkpoint-<step>``, holding ``unet/`` and
-    ``text_encoder/``) or a full pipeline folder saved at the end of training; ``None`` gives the base.
+    ``text_encoder/``, or a LoRA adapter: :func:`apply_checkpoint`) or a full pipeline folder saved at the end of training; ``None`` gives the base.
     ``scheduler`` is a registry or diffusers class name. Pickle weights are refused unless
     ``allow_pickle``; a checkpoint of another architecture than the base model is refused.
     """
@@ -100,9 +125,7 @@ def load_finetuned(
             base_model, revision=revision, variant=variant, torch_dtype=torch_dtype, safety_checker=safety_checker
         )
         if checkpoint is not None:
-            base_configs = {UNET: dict(pipe.unet.config), TEXT_ENCODER: pipe.text_encoder.config.to_dict()}
-            for name, module in load_trained_modules(checkpoint, base_configs, allow_pickle).items():
-                pipe.register_modules(**{name: module.to(dtype=pipe.unet.dtype)})
+            apply_checkpoint(pipe, checkpoint, allow_pickle=allow_pickle)
     if scheduler is not None:
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler)
     pipe.set_progress_bar_config(disable=True)

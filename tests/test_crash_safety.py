@@ -50,10 +50,12 @@ def _trainer(config, *callbacks):
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    """SHA-256 of the trained weights (fp16 for evaluation, fp32 for resuming) and optimizer state of a checkpoint."""
+    """SHA-256 of the trained weights (fp16 for evaluation, fp32 for resuming), optimizer state and random
+    generators of a checkpoint."""
     names = ["unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
              "resume/unet/diffusion_pytorch_model.safetensors", "resume/text_encoder/model.safetensors",
-             "resume/optimizer.safetensors", "resume/optimizer.json", "resume/lr_scheduler.json"]
+             "resume/optimizer.safetensors", "resume/optimizer.json", "resume/lr_scheduler.json",
+             "resume/rng_0.safetensors", "resume/rng_0.json"]
     return {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in names}
 
 

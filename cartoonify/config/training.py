@@ -23,6 +23,10 @@ TINY_RANDOM_MODEL = "embedded:tiny-random"  # the same format with random weight
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 PRIOR_PRECISIONS = ("no", "fp32", "fp16", "bf16")
 FINAL_PIPELINE_PRECISIONS = ("fp16", "fp32")
+TRAIN_MODES = ("full", "lora")
+# peft LoRA targets: the attention projections of the UNet (as diffusers' train_dreambooth_lora.py) and of CLIP
+LORA_UNET_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
+LORA_TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
@@ -54,7 +58,11 @@ class TrainConfig(ConfigBase):
     holdout_images: int = 8  # instance images held out of training for the held-out loss (0: off)
 
     # --- training --------------------------------------------------------------------------------
-    train_text_encoder: bool = True
+    train_text_encoder: bool = True  # in LoRA mode: adapters on the text encoder too
+    train_mode: str = "full"  # "full": fine-tune the weights; "lora": train low-rank adapters only (peft)
+    lora_rank: int = 4  # LoRA rank r (train_mode "lora")
+    lora_alpha: Optional[float] = None  # LoRA scale numerator (alpha / r scales the update); None: = lora_rank
+    lora_dropout: float = 0.0  # dropout on the LoRA branch
     train_batch_size: int = 4  # instance images per step (as many class images are added)
     max_train_steps: int = resumable(4000)  # optimizer steps; governs over epochs, as in diffusers' script
     gradient_accumulation_steps: int = 1
@@ -116,14 +124,19 @@ class TrainConfig(ConfigBase):
         check_choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
         check_choice("report_to", self.report_to, ("tensorboard", "none"))
         check_choice("disk_check", self.disk_check, ("refuse", "warn", "off"))
+        check_choice("train_mode", self.train_mode, TRAIN_MODES)
         check_choice("final_pipeline_precision", self.final_pipeline_precision, FINAL_PIPELINE_PRECISIONS)
         check_at_least(self, 1, "resolution", "train_batch_size", "max_train_steps", "gradient_accumulation_steps",
-                       "checkpointing_steps", "keep_resume_states", "sample_batch_size", "class_inference_steps",
+                       "checkpointing_steps", "keep_resume_states", "lora_rank", "sample_batch_size", "class_inference_steps",
                        "validation_inference_steps")
         check_at_least(self, 0, "num_class_images", "num_validation_images", "lr_warmup_steps", "dataloader_num_workers",
                        "holdout_images")
         if self.learning_rate <= 0:
             raise ConfigError(f"config key 'learning_rate' must be > 0, got {self.learning_rate!r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"config key 'lora_dropout' must be in [0, 1), got {self.lora_dropout!r}")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise ConfigError(f"config key 'lora_alpha' must be > 0 or null, got {self.lora_alpha!r}")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise ConfigError("config key 'checkpoints_total_limit' must be >= 1 or null")
         if self.with_prior_preservation and self.num_class_images < 1:

@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ..models import move_module, resolve_model, text_to_image
+from ..models import resolve_model, text_to_image
 from ..runs import checkpoint_step, layout_of, list_checkpoints, load_config, read_images_json
-from ..sampling import load_finetuned, load_trained_modules
+from ..sampling import apply_checkpoint, load_finetuned
 from ..training.checkpoint import TEXT_ENCODER, UNET
 from ..training.validation import save_sample_result
 
@@ -86,13 +86,8 @@ def render_drift_images(
         pipe = load_finetuned(base, None, scheduler=config.validation_scheduler, device=device,
                               revision=config.revision, variant=config.variant)
         originals = {UNET: pipe.unet, TEXT_ENCODER: pipe.text_encoder}
-        base_configs = {UNET: dict(pipe.unet.config), TEXT_ENCODER: pipe.text_encoder.config.to_dict()}
         for step in tqdm(todo, desc="Drift images", disable=not progress):
-            modules = dict(originals)
-            if step:
-                trained = load_trained_modules(ckpts[step], base_configs, config.allow_pickle)
-                modules.update({k: move_module(m, pipe.device, pipe.unet.dtype) for k, m in trained.items()})
-            pipe.register_modules(**modules)
+            apply_checkpoint(pipe, ckpts[step] if step else None, originals, config.allow_pickle)
             _render(pipe, config, settings, layout.drift_dir(step), step)
     return {s: layout.drift_dir(s) for s in wanted}
 

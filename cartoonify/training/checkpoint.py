@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from ..models.weights import check_architecture, check_safe_to_load
 from ..runs import (
@@ -46,6 +47,7 @@ from ..runs import (
     write_marker,
 )
 from ..utils import write_json
+from .lora import adapter_state, load_adapter_state, save_lora_file
 from .state import load_state, rng_states, save_state, set_rng_states
 
 logger = logging.getLogger(__name__)
@@ -66,6 +68,11 @@ __all__ = ["CheckpointError", "CheckpointSaveError", "TrainState", "save_checkpo
 
 class CheckpointSaveError(OSError):
     """A checkpoint could not be written (a full disk); earlier checkpoints are intact."""
+
+
+def lora_resume_file(module_name: str) -> str:
+    """The resume state's file of a module's LoRA adapter (peft's state dict, fp32)."""
+    return f"lora_{module_name}.safetensors"
 
 
 def rng_file(rank: int) -> str:
@@ -93,6 +100,7 @@ class CheckpointParts:
     scaler: Any
     generator: Any
     accelerator: Any
+    lora: bool = False  # the modules train LoRA adapters: only those are saved and restored
 
 
 def _atomic_replace(tmp: Path, final: Path, displaced: Path) -> None:
@@ -145,13 +153,19 @@ def save_module(module: torch.nn.Module, folder: Path, dtype: torch.dtype | None
 
 def _write_files(tmp: Path, parts: CheckpointParts, on_file: Callable[[Path], None]) -> None:
     acc, resume = parts.accelerator, tmp / RESUME_DIR
-    if acc.is_main_process:
+    if acc.is_main_process and parts.lora:
+        on_file(save_lora_file(tmp, parts.modules))  # for evaluation: diffusers' LoRA file (fp32, megabytes)
+        for name, module in parts.modules.items():  # for resuming: peft's state of each adapter
+            save_file(adapter_state(module), resume / lora_resume_file(name))
+            on_file(resume / lora_resume_file(name))
+    elif acc.is_main_process:
         for name, module in parts.modules.items():  # for evaluation
             save_module(module, tmp / name, EVALUATION_DTYPE)
             on_file(tmp / name)
         for name, module in parts.modules.items():  # for resuming: the weights as they are trained (fp32)
             save_module(module, resume / name)
             on_file(resume / name)
+    if acc.is_main_process:
         for name, state in (
             (OPTIMIZER, parts.optimizer.state_dict()),
             (LR_SCHEDULER, parts.lr_scheduler.state_dict()),
@@ -258,14 +272,7 @@ def restore_checkpoint(
         return None
     check_safe_to_load(path, allow_pickle)
     root = resume_dir(path)  # resume/, or the checkpoint itself in the earlier layout
-    for name, model in parts.modules.items():
-        config = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config)
-        weights = read_module_state(root, name, config, base)
-        dtypes = {str(v.dtype) for v in weights.values() if v.is_floating_point()} - {str(model.dtype)}
-        if dtypes:  # load_state_dict would cast them silently, and the run would not continue exactly
-            raise CheckpointError(f"{root / name} holds {', '.join(sorted(dtypes))} weights, the model trains in "
-                                  f"{model.dtype}: it is not a resume state")
-        model.load_state_dict(weights, strict=True)
+    _restore_modules(root, parts, base)
     parts.optimizer.load_state_dict(load_state(root, OPTIMIZER))
     parts.lr_scheduler.load_state_dict(load_state(root, LR_SCHEDULER))
     scaler_state = load_state(root, GRAD_SCALER)
@@ -275,3 +282,26 @@ def restore_checkpoint(
     saved = json.loads((root / TRAINER_STATE).read_text())
     state = TrainState(int(saved["global_step"]), int(saved["micro_step"]), int(saved.get("skipped_steps", 0)))
     return path, state
+
+
+def _restore_modules(root: Path, parts: CheckpointParts, base: str) -> None:
+    """Load the trained weights of a resume state into the modules: full fp32 weights, or LoRA adapters."""
+    for name, model in parts.modules.items():
+        if parts.lora:
+            file = root / lora_resume_file(name)
+            if not file.is_file():
+                raise CheckpointError(f"{file} is missing: the checkpoint was not saved with train_mode 'lora'")
+            try:
+                load_adapter_state(model, load_file(str(file)), str(file))
+            except ValueError as err:
+                raise CheckpointError(str(err)) from err
+            continue
+        if (root / lora_resume_file(name)).is_file():
+            raise CheckpointError(f"{root} holds LoRA adapters: resume it with train_mode 'lora'")
+        config = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config)
+        weights = read_module_state(root, name, config, base)
+        dtypes = {str(v.dtype) for v in weights.values() if v.is_floating_point()} - {str(model.dtype)}
+        if dtypes:  # load_state_dict would cast them silently, and the run would not continue exactly
+            raise CheckpointError(f"{root / name} holds {', '.join(sorted(dtypes))} weights, the model trains in "
+                                  f"{model.dtype}: it is not a resume state")
+        model.load_state_dict(weights, strict=True)

@@ -46,10 +46,15 @@ def optimizer_bytes(modules: Sequence[torch.nn.Module], use_8bit_adam: bool) -> 
     return total
 
 
+def trainable_bytes(modules: Sequence[torch.nn.Module], bytes_per_element: int) -> int:
+    """The weights the optimizer updates (all of a fine-tuned module; the adapters under LoRA)."""
+    return sum(p.numel() * bytes_per_element for m in modules for p in m.parameters() if p.requires_grad)
+
+
 def resume_state_bytes(modules: Sequence[torch.nn.Module], use_8bit_adam: bool) -> int:
     """One checkpoint's resume state: the fp32 trained weights and the Adam state (the LR scheduler, RNG and
     data position add a few KB). A checkpoint of the earlier layout was this size."""
-    return weight_bytes(modules, 4) + optimizer_bytes(modules, use_8bit_adam)
+    return trainable_bytes(modules, 4) + optimizer_bytes(modules, use_8bit_adam)
 
 
 def disk_plan(
@@ -67,7 +72,8 @@ def disk_plan(
     limit = config.checkpoints_total_limit
     kept = n if limit is None else min(n, limit)
     resume_kept = min(n, config.keep_resume_states)
-    evaluation = weight_bytes(trained, 2)
+    # evaluation weights: the trained modules in fp16, or under LoRA the adapters in fp32
+    evaluation = trainable_bytes(trained, 4) if config.train_mode == "lora" else weight_bytes(trained, 2)
     resume = resume_state_bytes(trained, config.use_8bit_adam)
     modules = [*trained, *frozen] if config.save_final_pipeline else []
     pipeline = weight_bytes(modules, 2 if config.final_pipeline_precision == "fp16" else 4)
@@ -101,7 +107,7 @@ def plan_message(plan: dict[str, Any], run_dir: Path | None) -> str:
     free = f"; {gb(plan['free'])} free in {run_dir}" if plan["free"] is not None else ""
     return (
         f"disk: a full run writes {plan['checkpoints']} checkpoint(s) and keeps {plan['kept']}, each with "
-        f"{gb(plan['evaluation_bytes'])} of fp16 weights, the newest {plan['resume_kept']} also with a "
+        f"{gb(plan['evaluation_bytes'])} of weights for evaluation, the newest {plan['resume_kept']} also with a "
         f"{gb(plan['resume_bytes'])} resume state; a {gb(plan['pipeline_bytes'])} {plan['pipeline_precision']} "
         f"pipeline; {gb(plan['image_bytes'])} of images: about {gb(plan['final_bytes'])} at the end, "
         f"{gb(plan['bytes'])} at the peak{free}"

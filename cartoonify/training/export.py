@@ -12,6 +12,7 @@ from ..config import TrainConfig
 from ..models import load_components, load_safety_components, pipeline_from_modules
 from ..runs import RunLayout
 from .checkpoint import cast_copy, record_default_dtype
+from .lora import fused_components
 
 PIPELINE_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
@@ -23,7 +24,7 @@ def save_pipeline(
     """Write the fine-tuned pipeline (safetensors) to ``pipeline/``, atomically; returns the folder.
 
     Every module is saved in ``final_pipeline_precision`` (fp16 by default: half the disk; fp32 keeps the
-    trained weights as they are); without a dtype, ``from_pretrained`` loads either in fp32. Frozen modules
+    trained weights as they are); under LoRA, the adapters fused into the base weights. Without a dtype, ``from_pretrained`` loads either in fp32. Frozen modules
     that were cast to another mixed-precision dtype for training (``weight_dtype``) are taken from the base
     model again. The modules in memory are left as they are: the fp16 ones are copies.
     """
@@ -31,6 +32,10 @@ def save_pipeline(
     target = PIPELINE_DTYPES[config.final_pipeline_precision]
     if tmp.exists():
         shutil.rmtree(tmp)
+    if config.train_mode == "lora":  # the adapters fused into fresh base weights
+        trained = {"unet": unet, **({"text_encoder": text_encoder} if config.train_text_encoder else {})}
+        fused = fused_components(model_path, config, trained)
+        unet, text_encoder, vae = fused["unet"], fused["text_encoder"], fused["vae"]
     if weight_dtype not in (torch.float32, target):
         base = load_components(model_path, revision=config.revision, variant=config.variant)
         vae = base["vae"]

@@ -6,7 +6,6 @@ benchmarks that need the pieces call :func:`build_trainer` and then ``trainer.ru
 
 from __future__ import annotations
 
-import itertools
 import time
 from functools import partial
 from typing import Sequence
@@ -27,6 +26,7 @@ from ..models import (
 )
 from .disk import human_bytes
 from .heldout import Holdout, build_heldout_sets, check_holdout_size, prepare_holdout
+from .lora import add_lora, trainable_parameters
 from .objective import LatentCache
 from .optim import build_optimizer
 from .setup import apply_speed_settings, check_run_dir, record_run, release_accelerator_state, resolve_mixed_precision
@@ -66,18 +66,21 @@ def build_data(config: TrainConfig, tokenizer, accelerator, use_latent_cache: bo
     return dataset, sampler, loader
 
 
-def _prepare_models(config: TrainConfig, parts: dict, device) -> list:
-    """Freeze the VAE, set the speed and memory switches; returns the modules to train."""
+def _prepare_models(config: TrainConfig, parts: dict, device, weight_dtype: torch.dtype) -> list:
+    """Freeze the VAE, add the LoRA adapters (``train_mode: lora``), set the speed and memory switches;
+    returns the modules to train."""
     c, unet, text_encoder = config, parts["unet"], parts["text_encoder"]
     parts["vae"].requires_grad_(False)
     text_encoder.requires_grad_(c.train_text_encoder)
+    if c.train_mode == "lora":
+        add_lora({"unet": unet, **({"text_encoder": text_encoder} if c.train_text_encoder else {})}, c, weight_dtype)
     apply_speed_settings(c, unet, device)
     if c.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if c.train_text_encoder:
             text_encoder.gradient_checkpointing_enable()
-    # trainable weights stay fp32 under fp16 autocast (load_components loads fp32): the guard against
-    # "Attempting to unscale FP16 gradients"
+    # trainable weights stay fp32 under fp16 autocast (load_components loads fp32; add_lora casts the
+    # adapters to fp32): the guard against "Attempting to unscale FP16 gradients"
     return [unet, text_encoder] if c.train_text_encoder else [unet]
 
 
@@ -105,10 +108,10 @@ def build_components(config: TrainConfig, acc, model_path: str, progress: bool =
         checker, extractor = load_safety_components(model_path, revision=c.revision, variant=c.variant)
         if checker is not None:
             move_module(checker, acc.device, weight_dtype)
-    trained = _prepare_models(c, parts, acc.device)
+    trained = _prepare_models(c, parts, acc.device, weight_dtype)
     use_cache = c.cache_latents and c.center_crop  # random crops change the latents
     dataset, sampler, loader = build_data(c, parts["tokenizer"], acc, use_cache, holdout)
-    optimizer = build_optimizer(itertools.chain(*(m.parameters() for m in trained)), c, acc.device)
+    optimizer = build_optimizer(trainable_parameters(trained), c, acc.device)
     lr_scheduler = get_scheduler(c.lr_scheduler, optimizer=optimizer,
                                  num_warmup_steps=c.lr_warmup_steps * acc.num_processes,
                                  num_training_steps=c.max_train_steps * acc.num_processes)

@@ -36,6 +36,7 @@ from .errors import NonFiniteLossError, TrainingOutOfMemoryError, nonfinite_mess
 from .export import save_pipeline
 from .heldout import HeldoutMonitor
 from .logs import SCALARS, LossLog
+from .lora import trainable_parameters
 from .objective import REGIONS, training_step
 from .validation import validate
 
@@ -155,7 +156,8 @@ class DreamBoothTrainer:
         if self.config.train_text_encoder:
             modules[TEXT_ENCODER] = self.unwrap(self.text_encoder)
         return CheckpointParts(modules, self.optimizer.optimizer, self.lr_scheduler.scheduler,
-                               self.accelerator.scaler, self.generator, self.accelerator)
+                               self.accelerator.scaler, self.generator, self.accelerator,
+                               lora=self.config.train_mode == "lora")
 
     def save_checkpoint(self) -> Path:
         """Save ``checkpoints/checkpoint-<step>`` (fp16 weights and the full resume state), then prune old
@@ -263,8 +265,9 @@ class DreamBoothTrainer:
         c, acc = self.config, self.accelerator
         bar = tqdm(total=c.max_train_steps, initial=self.global_step, desc="Steps", unit="step",
                    disable=not (self.progress and acc.is_main_process))
-        data = iter(self.dataloader)
-        params = [p for m in self.trained for p in m.parameters()]
+        with torch.random.fork_rng(devices=[]):  # the loader draws a seed from torch's global generator: a
+            data = iter(self.dataloader)         # resumed run then saves the same global state as a straight one
+        params = trainable_parameters(self.trained)
         for m in self.trained:
             m.train()
         try:
