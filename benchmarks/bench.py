@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "reference: rounds)")
     parser.add_argument("--rounds", type=int, help="processes per variant, run in turns (default: tiny 3, sd15 1)")
     parser.add_argument("--profile", action="store_true", help="also profile the default (torch.profiler)")
+    parser.add_argument("--budget", type=float, help="seconds: start no measurement after this, stop a running "
+                        "one at it (results so far are kept: they are written after every variant and stage)")
     parser.add_argument("--only", nargs="+", help="only these training variants")
     parser.add_argument("--diffusers", help="a diffusers checkout (reference)")
     parser.add_argument("--ref-steps", type=int, nargs=2, default=[10, 60], metavar=("LO", "HI"))
@@ -69,17 +71,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not torch.cuda.is_available():
             print("error: the sd15 benchmark needs a CUDA GPU", file=sys.stderr)
             return 2
+    from .record import Recorder
+
+    recorder = Recorder(args.out, args.name or args.config, budget=args.budget)
     if args.config == "reference":
         from .reference import run_reference
 
-        results = run_reference(args)
+        recorder.update(**run_reference(args))
     else:
         from .suite import run_suite
 
-        results = run_suite(args)
-    from .report import write_results
-
-    json_path, md_path = write_results(results, args.out, args.name or args.config)
+        run_suite(args, recorder)
+    json_path, md_path = recorder.written
     print(md_path.read_text())
     print(f"written: {json_path}, {md_path}")
     return 0

@@ -105,6 +105,9 @@ def markdown(results: dict[str, Any]) -> str:
     else:
         lines += training_table(results) + parts_markdown(results) + method_note(results["settings"])
         lines += profile_markdown(results.get("profile"))
+    if results.get("skipped_for_budget"):
+        lines += ["", f"Not measured, the budget ({results.get('budget_s', 0):.0f} s) being spent: "
+                  + "; ".join(results["skipped_for_budget"]) + "."]
     return "\n".join(lines) + "\n"
 
 

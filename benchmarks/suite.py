@@ -17,6 +17,7 @@ from typing import Any
 
 from .common import environment
 from .fixtures import base_config, prepare_sd15, prepare_tiny
+from .record import Recorder
 from .workers import run_worker
 
 # name -> TrainConfig overrides relative to the default (every optimisation on)
@@ -29,12 +30,15 @@ TINY_VARIANTS: dict[str, dict[str, Any]] = {
     "torch_adamw": {"use_8bit_adam": False},
     "compile_unet": {"compile_unet": True},
     "unfused_small_adam_updates": {"fuse_small_adam_updates": False},
+    "lora": {"train_mode": "lora", "learning_rate": 1e-4},  # rank 4 adapters on the UNet and text encoder
 }
 SD15_VARIANTS: dict[str, dict[str, Any]] = {
     "gradient_checkpointing": {"gradient_checkpointing": True},
     "no_gradient_checkpointing": {},
     "gradient_checkpointing_no_cache_latents": {"gradient_checkpointing": True, "cache_latents": False},
     "gradient_checkpointing_no_channels_last": {"gradient_checkpointing": True, "channels_last": False},
+    "lora": {"train_mode": "lora", "learning_rate": 1e-4},
+    "lora_gradient_checkpointing": {"train_mode": "lora", "learning_rate": 1e-4, "gradient_checkpointing": True},
 }
 
 
@@ -56,15 +60,21 @@ def merge_rounds(results: list[dict]) -> dict[str, Any]:
     return row
 
 
-def run_variants(variants: dict[str, dict], config, args: argparse.Namespace, flops: bool = False) -> list[dict]:
+def run_variants(variants: dict[str, dict], config, args: argparse.Namespace, recorder: Recorder,
+                 flops: bool = False) -> list[dict]:
     """Each variant ``args.rounds`` times, in rounds (every variant once per round), each run in its own
-    process; so a machine that is slower for a while slows every variant alike."""
+    process; so a machine that is slower for a while slows every variant alike. The rows so far are
+    written after every run; none starts once the budget is spent."""
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     for r in range(args.rounds):
         for name, overrides in variants.items():
+            if recorder.skip(f"training: {name} (round {r + 1})"):
+                continue
             print(f"[{args.config}] training: {name} (round {r + 1}/{args.rounds}) ...", flush=True)
-            runs[name].append(run_worker("train", name, config, overrides, args, flops=flops))
-    return [merge_rounds(results) for results in runs.values()]
+            runs[name].append(run_worker("train", name, config, overrides, args, flops=flops,
+                                         timeout=recorder.remaining()))
+            recorder.update(training=[merge_rounds(results) for results in runs.values() if results])
+    return [merge_rounds(results) for results in runs.values() if results]
 
 
 def recorded_settings(args: argparse.Namespace, config) -> dict[str, Any]:
@@ -74,19 +84,22 @@ def recorded_settings(args: argparse.Namespace, config) -> dict[str, Any]:
             "instance_dir": "<work>/instance", "class_dir": "<work>/class", "output_dir": "<work>/run"}
 
 
-def run_parts(config, args: argparse.Namespace) -> dict[str, Any]:
-    """Class-image generation, the optimizer step and validation, each in its own process."""
-    print(f"[{args.config}] class-image generation ...", flush=True)
-    out = {"class_generation": run_worker("class_generation", "batched", config, {}, args)}
-    print(f"[{args.config}] optimizer step ...", flush=True)
-    out["optimizer_step"] = run_worker("optimizer", "optimizer", config, {}, args)
-    print(f"[{args.config}] validation ...", flush=True)
-    out["validation"] = run_worker("validation", "validation", config.replace(num_validation_images=4), {}, args)
-    return out
+def run_parts(config, args: argparse.Namespace, recorder: Recorder) -> None:
+    """Class-image generation, the optimizer step and validation, each in its own process, each written as
+    soon as it is measured."""
+    parts = {"class_generation": ("class_generation", "batched", config),
+             "optimizer_step": ("optimizer", "optimizer", config),
+             "validation": ("validation", "validation", config.replace(num_validation_images=4))}
+    for key, (kind, variant, part_config) in parts.items():
+        if recorder.skip(key):
+            continue
+        print(f"[{args.config}] {key.replace('_', ' ')} ...", flush=True)
+        recorder.update(**{key: run_worker(kind, variant, part_config, {}, args, timeout=recorder.remaining())})
 
 
-def run_suite(args: argparse.Namespace) -> dict[str, Any]:
-    """All variants of ``args.config`` ("tiny" or "sd15"), each in its own process."""
+def run_suite(args: argparse.Namespace, recorder: Recorder) -> dict[str, Any]:
+    """All variants of ``args.config`` ("tiny" or "sd15"), each in its own process; the results are written
+    by ``recorder`` as they come."""
     work = Path(args.work or tempfile.mkdtemp(prefix="cartoonify-bench-")).resolve()
     paths = prepare_tiny(work)
     if args.config == "sd15":
@@ -95,12 +108,12 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
     variants = TINY_VARIANTS if args.config == "tiny" else SD15_VARIANTS
     if args.only:
         variants = {k: v for k, v in variants.items() if k in args.only}
-    results: dict[str, Any] = {"config": args.config, "settings": recorded_settings(args, config),
-                               "environment": environment()}
-    results["training"] = run_variants(variants, config, args, flops=args.config == "sd15")
-    if args.profile:
+    recorder.update(config=args.config, settings=recorded_settings(args, config), environment=environment(),
+                    training=[])
+    run_variants(variants, config, args, recorder, flops=args.config == "sd15")
+    if args.profile and not recorder.skip("profile"):
         print(f"[{args.config}] profile of the default ...", flush=True)
-        results["profile"] = run_worker("profile", "default", config, {}, args)
+        recorder.update(profile=run_worker("profile", "default", config, {}, args, timeout=recorder.remaining()))
     if not args.only:
-        results.update(run_parts(config, args))
-    return results
+        run_parts(config, args, recorder)
+    return recorder.results

@@ -52,9 +52,9 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def run_worker(kind: str, variant: str, config, overrides: dict, args: argparse.Namespace,
-               flops: bool = False) -> dict[str, Any]:
+               flops: bool = False, timeout: float | None = None) -> dict[str, Any]:
     """Measure ``kind`` of ``config`` with ``overrides`` in a fresh process; its result, or
-    ``{"variant", "error"}`` with the end of its stderr if it failed."""
+    ``{"variant", "error"}`` with the end of its stderr if it failed or ran past ``timeout`` seconds."""
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
         cmd = [
@@ -63,7 +63,11 @@ def run_worker(kind: str, variant: str, config, overrides: dict, args: argparse.
             "--overrides", json.dumps(overrides), "--result", str(result),
             "--warmup", str(args.warmup), "--steps", str(args.steps), "--repeats", str(args.repeats),
         ] + (["--flops"] if flops else [])
-        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO_ROOT, env=subprocess_env())
+        try:
+            proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO_ROOT,
+                                  env=subprocess_env(), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"variant": variant, "error": f"stopped at the budget ({timeout:.0f} s left when it started)"}
         if proc.returncode != 0:
             return {"variant": variant, "error": proc.stderr[-2000:]}
         return json.loads(result.read_text())

@@ -6,7 +6,7 @@ first use, so that ``import cartoonify`` stays light. ``import cartoonify.<modul
 module. The layers, each importing only those before it::
 
     utils -> config -> runs -> imaging, style -> models -> data -> training
-           -> rating -> sampling -> evaluation -> comparison, stylize -> plots -> notebooks
+           -> rating -> sampling -> evaluation -> comparison, stylize, exporting -> plots -> notebooks
 """
 
 from __future__ import annotations
@@ -119,6 +119,10 @@ _EXPORTS = {
     "sweep_html": "stylize",
     "manifest_html": "stylize",
     "contact_sheet": "stylize",
+    # export
+    "export_model": "exporting",
+    "write_model_card": "exporting",
+    "ExportConfig": "config",
     # notebooks
     "enter_project_root": "notebooks",
     "run_notebooks": "notebooks",

@@ -15,6 +15,7 @@
     evaluation.json                  03_evaluate's table and its best checkpoint (read by 04 and 05)
     schedulers/<checkpoint>/         the scheduler comparison: <scheduler>/images.json, timing.csv
     stylized/<checkpoint>/           stylized photos, stylized.json
+    exports/<checkpoint>-<format>/   an exported model with its model card (python -m cartoonify.export)
     figures/                         the notebooks' figures and tables
     notebooks/                       the executed notebooks
 
@@ -172,6 +173,10 @@ class RunLayout:
 
     def stylized(self, checkpoint: str) -> Path:
         return self.run_dir / "stylized" / checkpoint
+
+    def export_dir(self, checkpoint: str, fmt: str) -> Path:
+        """Where a checkpoint (``checkpoint-<step>``, ``pipeline``) exported in format ``fmt`` goes by default."""
+        return self.run_dir / "exports" / f"{checkpoint}-{fmt}"
 
     @property
     def notebooks(self) -> Path:
@@ -419,8 +424,9 @@ def _latest_resumable(layout: RunLayout, ckpts: list[Path]) -> Path | None:
         raise CheckpointError(
             f"resume_from_checkpoint='latest': no checkpoint in {layout.checkpoints} can be resumed: "
             f"{', '.join(evaluation_only)} hold evaluation weights only (fp16 unet/ and text_encoder/; only the "
-            "newest keep_resume_states checkpoints keep the resume state) and no newer one is intact. They can "
-            "still be evaluated; to train again, start a new run in another output_dir."
+            "newest keep_resume_states checkpoints keep the resume state, and a finished run none unless "
+            "keep_resume_at_end) and no newer one is intact. They can still be evaluated; to train again, start a "
+            "new run in another output_dir."
         )
     return None
 
@@ -436,6 +442,7 @@ def _check_resumable(path: Path, ckpts: list[Path]) -> None:
                 else "no checkpoint of this run can be resumed; start a new run in another output_dir")
         raise CheckpointError(
             f"resume_from_checkpoint: {path.name} holds evaluation weights only (fp16 unet/ and text_encoder/; "
-            "its resume state was removed when a newer checkpoint was saved, see keep_resume_states): it can be "
+            "its resume state was removed when a newer checkpoint was saved or the run finished, see "
+            "keep_resume_states and keep_resume_at_end): it can be "
             f"evaluated but not resumed; {hint}"
         )

@@ -61,6 +61,7 @@ def _small_run(tiny_model, demo_data, class_images, run_dir, **overrides):
         max_train_steps=4,
         checkpointing_steps=2,
         learning_rate=1e-3,
+        keep_resume_at_end=True,  # tests extend finished runs (resume with a larger max_train_steps)
         mixed_precision="no",
         prior_generation_precision="fp32",
         num_validation_images=2,

@@ -3,6 +3,7 @@
     python tests/kill_driver.py CONFIG.json none
     python tests/kill_driver.py CONFIG.json mid_step STEP        # after the backward pass of STEP, before its update
     python tests/kill_driver.py CONFIG.json in_save STEP N       # during the save of STEP, after its N-th file
+    python tests/kill_driver.py CONFIG.json fail_save STEP RANK  # an OSError in process RANK's part of STEP's save
 
 Used by test_crash_safety.py: the kill is a real SIGKILL, not an exception. The kill points are hooks of
 the trainer's one callback protocol.
@@ -37,6 +38,17 @@ class KillInSave(TrainerCallback):
                 os.kill(os.getpid(), signal.SIGKILL)
 
 
+class FailSave(TrainerCallback):
+    """A write error (a full disk) in one process's part of a checkpoint save."""
+
+    def __init__(self, step: int, rank: int):
+        self.step, self.rank = step, rank
+
+    def on_checkpoint_file(self, trainer, path):
+        if trainer.global_step == self.step and trainer.accelerator.process_index == self.rank:
+            raise OSError(28, "No space left on device (injected)")
+
+
 def main(argv):
     config = TrainConfig.load(argv[0])
     mode = argv[1]
@@ -45,6 +57,8 @@ def main(argv):
         callbacks.append(KillMidStep(int(argv[2])))
     elif mode == "in_save":
         callbacks.append(KillInSave(int(argv[2]), int(argv[3])))
+    elif mode == "fail_save":
+        callbacks.append(FailSave(int(argv[2]), int(argv[3])))
     build_trainer(config, progress=False, callbacks=callbacks).run()
     return 0
 

@@ -88,3 +88,37 @@ def test_torchvision_standin_matches_the_trainers_transforms(tmp_path):
     assert Path(seen["file"]).parent == REPO_ROOT / "benchmarks" / "standin" / "torchvision"
     assert seen["argv"] == [str(report)] and seen["resize"] == "torchvision.transforms"
     assert seen["diffusers"] is False and seen["transformers"] is False
+
+
+def test_results_are_written_as_they_come_and_the_budget_stops_cleanly(tmp_path):
+    """The recorder rewrites the JSON and table after every update; once the budget is spent, nothing more
+    starts and what was skipped is recorded (a fake clock: no waiting)."""
+    from benchmarks.record import BUDGET_MARGIN, Recorder
+
+    now = [0.0]
+    rec = Recorder(tmp_path, "run", budget=60, clock=lambda: now[0])
+    rec.update(config="tiny", settings={"steps": 2, "warmup": 1, "repeats": 1}, training=[],
+               environment={"machine": {}, "versions": {}})
+    assert json.loads((tmp_path / "run.json").read_text())["training"] == []
+    row = {"variant": "default", "steps_per_s": 2.0, "images_per_s": 16.0, "peak_memory_bytes": 2**20}
+    rec.update(training=[row])
+    assert json.loads((tmp_path / "run.json").read_text())["training"] == [row]  # on disk before the next one
+    assert "| default | 2.00 |" in (tmp_path / "run.md").read_text()
+    now[0] = 60 - BUDGET_MARGIN - 1
+    assert not rec.skip("validation") and rec.remaining() == pytest.approx(1)
+    now[0] = 60 - BUDGET_MARGIN
+    assert rec.skip("validation") and rec.skip("profile")
+    saved = json.loads((tmp_path / "run.json").read_text())
+    assert saved["skipped_for_budget"] == ["validation", "profile"] and saved["budget_s"] == 60
+    assert "validation; profile" in (tmp_path / "run.md").read_text()
+
+
+def test_a_measurement_past_the_budget_is_stopped_and_marked(tmp_path):
+    import argparse
+
+    from benchmarks.workers import run_worker
+    from cartoonify.config import TrainConfig
+
+    args = argparse.Namespace(warmup=1, steps=1, repeats=1)
+    row = run_worker("train", "default", TrainConfig(output_dir=str(tmp_path / "x")), {}, args, timeout=0.5)
+    assert row["variant"] == "default" and "stopped at the budget" in row["error"]

@@ -90,6 +90,7 @@ def kill_config(tiny_model, demo_data, tmp_path_factory):
             sample_batch_size=4, class_inference_steps=3, train_batch_size=2, max_train_steps=STEPS,
             checkpointing_steps=2, learning_rate=1e-3, mixed_precision="no", prior_generation_precision="fp32",
             num_validation_images=0, save_final_pipeline=False, report_to="tensorboard", holdout_images=0,
+            keep_resume_at_end=True,  # the final checkpoint's resume state is compared bit for bit
         )
         return TrainConfig.from_dict({**base, **overrides})
 

@@ -88,7 +88,7 @@ LAYERS = [
     ["cartoonify.rating"],
     ["cartoonify.sampling"],
     ["cartoonify.evaluation"],
-    ["cartoonify.comparison", "cartoonify.stylize"],
+    ["cartoonify.comparison", "cartoonify.stylize", "cartoonify.exporting", "cartoonify.export"],
     ["cartoonify.plots"],
     ["cartoonify.notebooks"],
 ]

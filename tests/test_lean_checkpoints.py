@@ -89,6 +89,18 @@ def test_every_checkpoint_loads_fp16_weights_equal_to_the_training_weights(lean_
     assert all(torch.equal(fp32[k], v) for k, v in lean_run["snapshots"][6]["unet"].items())
 
 
+def test_a_finished_run_keeps_no_resume_state_by_default(kill_config):
+    """keep_resume_at_end false (the default): the last checkpoint drops its resume state once the run is
+    done; extending the run is refused with what to do."""
+    config = kill_config("lean-end", max_train_steps=4, keep_resume_at_end=False)
+    build_trainer(config, progress=False).run()
+    ckpts = list_checkpoints(config.output_dir)
+    assert [c.name for c in ckpts] == ["checkpoint-2", "checkpoint-4"]
+    assert not any((c / "resume").exists() for c in ckpts) and all(verify_checkpoint(c) == [] for c in ckpts)
+    with pytest.raises(CheckpointError, match="keep_resume_at_end"):
+        build_trainer(config.replace(max_train_steps=6, resume_from_checkpoint="latest"), progress=False)
+
+
 def test_a_checkpoint_with_evaluation_weights_only_is_refused_for_resuming(lean_run, kill_config):
     config = kill_config("lean").replace(max_train_steps=8)
     with pytest.raises(CheckpointError, match=r"checkpoint-4 holds evaluation weights only.*resume from checkpoint-6"):
@@ -186,14 +198,18 @@ def test_disk_plan_of_the_writeup_run():
     assert plan["evaluation_bytes"] == 2 * trained
     assert 4 * trained + 2 * trained < plan["resume_bytes"] < 4 * trained + 2.1 * trained  # fp32 + 8-bit Adam
     assert plan["pipeline_precision"] == "fp16"
-    # 8 x 1.97 GB fp16 + one 5.93 GB resume state + a 2.74 GB fp16 pipeline + images: 24.8 GB at the end
-    # (28.0 GB at the peak, while the last checkpoint is written), from 53.3 GB in the earlier layout
-    assert plan["final_bytes"] < 25e9 and plan["bytes"] < 28.5e9
+    # at the end: 8 x 1.97 GB fp16 + a 2.74 GB fp16 pipeline + images = 18.96 GB (the finished run drops its
+    # 5.93 GB resume state); 28.0 GB at the peak, while the last checkpoint is written beside the one before
+    # with its resume state; 53.3 GB in the earlier layout
+    assert plan["final_bytes"] == 8 * plan["evaluation_bytes"] + plan["pipeline_bytes"] + plan["image_bytes"]
+    assert plan["final_bytes"] <= 20e9 and plan["bytes"] < 28.5e9
     assert plan["bytes"] < 0.55 * plan["old_layout_bytes"] and plan["old_layout_bytes"] > 50e9
-    assert "fp16 pipeline" in plan_message(plan, None)
-    fp32 = sd15_disk_plan(TrainConfig(final_pipeline_precision="fp32", keep_resume_states=2))
+    assert "fp16 pipeline" in plan_message(plan, None) and "resume state while training" in plan_message(plan, None)
+    fp32 = sd15_disk_plan(TrainConfig(final_pipeline_precision="fp32", keep_resume_states=2, keep_resume_at_end=True))
     assert fp32["pipeline_bytes"] == 2 * plan["pipeline_bytes"]
-    assert fp32["final_bytes"] - plan["final_bytes"] == plan["pipeline_bytes"] + plan["resume_bytes"]
+    assert fp32["final_bytes"] - plan["final_bytes"] == plan["pipeline_bytes"] + 2 * plan["resume_bytes"]
+    lora = sd15_disk_plan(TrainConfig(train_mode="lora"))
+    assert lora["evaluation_bytes"] < 10e6 and lora["resume_bytes"] < 20e6  # megabytes: the adapters only
 
 
 def test_keep_resume_states_is_checked_and_resumable():
@@ -203,5 +219,5 @@ def test_keep_resume_states_is_checked_and_resumable():
         TrainConfig(keep_resume_states=0).validate()
     with pytest.raises(ConfigError, match="final_pipeline_precision"):
         TrainConfig(final_pipeline_precision="bf16").validate()
-    assert {"keep_resume_states", "final_pipeline_precision"} <= resumable_changes()
+    assert {"keep_resume_states", "keep_resume_at_end", "final_pipeline_precision"} <= resumable_changes()
     assert json.loads(json.dumps(TrainConfig().to_dict()))["keep_resume_states"] == 1

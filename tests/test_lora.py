@@ -157,8 +157,15 @@ def test_load_finetuned_and_the_sampling_path_use_the_adapter(lora_run):
 
 
 def _marker_digest(ckpt: Path) -> dict:
-    """Every file of a checkpoint (adapter, resume state) by its SHA-256, from the marker."""
-    return {k: v for k, v in read_marker(ckpt)["files"].items()}
+    """Every file of a checkpoint (adapter, resume state) by its SHA-256, from the marker; the LoRA file by
+    its tensors and metadata instead: safetensors writes a header with two metadata keys in a per-process
+    hash order, so its bytes differ between processes whose tensors and metadata are equal."""
+    from safetensors import safe_open
+
+    digest = {k: v for k, v in read_marker(ckpt)["files"].items() if k != LORA_WEIGHTS}
+    with safe_open(str(ckpt / LORA_WEIGHTS), framework="pt") as f:
+        digest[LORA_WEIGHTS] = (f.metadata(), {k: f.get_tensor(k).numpy().tobytes() for k in f.keys()})
+    return digest
 
 
 def test_sigkill_then_resume_is_bit_identical(kill_config):
@@ -182,3 +189,73 @@ def test_a_lora_checkpoint_is_not_resumed_as_a_full_run(kill_config, lora_run):
     with pytest.raises((ConfigError, CheckpointError, ValueError), match="train_mode"):
         build_trainer(config.replace(train_mode="full", resume_from_checkpoint="latest", max_train_steps=8),
                       progress=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# export: the lora format (diffusers' file, the kohya layout), and a LoRA checkpoint as a full model
+# ------------------------------------------------------------------------------------------------
+
+
+def test_lora_export_loads_back_and_its_kohya_file_reproduces_the_validation_image(unet_lora_run):
+    """diffusers reads the kohya layout too (its non-diffusers LoRA conversion): the exported kohya file,
+    loaded on a fresh pipeline, gives the run's validation image back, so names and alpha are right."""
+    from cartoonify.exporting import export_model
+    from cartoonify.exporting.lora import KOHYA_SUFFIX
+
+    config = unet_lora_run["config"]
+    model = export_model(config.output_dir, "checkpoint-4", fmt="lora", dtype="fp32")
+    folder = model.parent
+    assert model.name == LORA_WEIGHTS and (folder / "README.md").is_file()
+    card = (folder / "README.md").read_text()
+    assert config.instance_prompt in card and "models/Lora" in card and "load_lora_weights" in card
+    exported, original = load_file(model), load_file(Path(config.output_dir) / "checkpoints" / "checkpoint-4" / LORA_WEIGHTS)
+    assert exported.keys() == original.keys() and all(torch.equal(exported[k], original[k]) for k in original)
+    kohya_file = next(folder.glob(f"*{KOHYA_SUFFIX}"))
+    kohya = load_file(kohya_file)
+    assert all(k.startswith("lora_unet_") for k in kohya)
+    assert {float(v) for k, v in kohya.items() if k.endswith(".alpha")} == {LORA["lora_alpha"]}
+
+    pipe = load_pipeline(unet_lora_run["tiny_model"], variant=None, safety_checker=False)
+    pipe.scheduler = make_scheduler(config.validation_scheduler, pipe.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(folder), weight_name=kohya_file.name)
+    image = text_to_image(pipe, config.validation_prompt, validation_seeds(config),
+                          num_inference_steps=config.validation_inference_steps,
+                          guidance_scale=config.validation_guidance_scale, height=64, width=64).images[0]
+    saved = Image.open(Path(config.output_dir) / "validation" / "step-4" / "image-00.png").convert("RGB")
+    assert np.abs(np.asarray(image, dtype=int) - np.asarray(saved, dtype=int)).max() <= 1
+
+
+def test_kohya_names_of_the_text_encoder_and_a_full_checkpoint_refused(lora_run, trained_run):
+    from cartoonify.exporting import ExportError, export_model, kohya_state_dict
+
+    ckpt = Path(lora_run["config"].output_dir) / "checkpoints" / "checkpoint-6"
+    kohya = kohya_state_dict(ckpt)
+    te = [k for k in kohya if k.startswith("lora_te_")]
+    assert te and all(k.startswith("lora_te_text_model_encoder_layers_") for k in te)  # kohya's SD1 names
+    diffusers_file = load_file(ckpt / LORA_WEIGHTS)
+    down = "text_encoder.encoder.layers.0.self_attn.q_proj.lora_linear_layer.down.weight"
+    assert torch.equal(kohya["lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight"], diffusers_file[down])
+    full = trained_run["result"].output_dir
+    out = Path(full) / "exports" / "refused"
+    with pytest.raises(ExportError, match="not a LoRA adapter"):
+        export_model(full, "checkpoint-4", fmt="lora", out=out)
+    assert not out.exists() and not list(out.parent.glob(".tmp-*"))
+
+
+def test_a_lora_checkpoint_exports_as_a_fused_diffusers_pipeline(lora_run):
+    """The diffusers export of a LoRA checkpoint is the fused model: the same weights as the run's final
+    pipeline (also fused, from the same step), to fp16 rounding."""
+    from diffusers import StableDiffusionPipeline
+
+    from cartoonify.exporting import export_model
+
+    run = Path(lora_run["config"].output_dir)
+    folder = export_model(run, "checkpoint-6", fmt="diffusers", dtype="fp32")
+    exported = StableDiffusionPipeline.from_pretrained(folder)
+    final = StableDiffusionPipeline.from_pretrained(run / "pipeline")
+    for name in ("unet", "text_encoder"):
+        a, b = getattr(exported, name).state_dict(), getattr(final, name).state_dict()
+        assert a.keys() == b.keys() and not any("lora" in k for k in a)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)

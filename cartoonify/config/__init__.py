@@ -5,13 +5,15 @@
 * :mod:`.samplers`: the sampler registry as data;
 * :mod:`.collect`: :class:`CollectConfig`;
 * :mod:`.basemodel`: :class:`BaseModelConfig`, the embedded tiny model's pretraining;
-* :mod:`.stages`: the other notebooks' configs and the papermill parameter files.
+* :mod:`.stages`: the other notebooks' configs and the papermill parameter files;
+* :mod:`.export`: :class:`ExportConfig`, the settings of ``python -m cartoonify.export``.
 """
 
 from .basemodel import BaseModelConfig
 from .controlnet import ControlNetBuildConfig
 from .collect import CollectConfig
 from .control import PREPROCESSORS, CannySettings, LineartSettings
+from .export import EXPORT_PRECISIONS, ExportConfig
 from .core import (
     ConfigBase,
     ConfigError,

@@ -57,6 +57,7 @@ class EvalConfig(ConfigBase):
     drift_images: int = 4  # class-prompt images per checkpoint and for the base model, same seeds (0: no drift)
     min_ratings: int = 8  # ratings per checkpoint before "best" follows the human mean, else the automated rule
     overfit_tolerance: float = 0.1  # automated rule: held-out loss at most this share above the run's lowest
+    export_format: str = "diffusers"  # export the best checkpoint with its model card: "diffusers", "single-file" (SD1.5's layout only), "lora" (LoRA runs), "" (none)
 
     def validate(self):
         check_choice("rating_mode", self.rating_mode, ("image", "grid", "pairwise"))
@@ -70,6 +71,7 @@ class EvalConfig(ConfigBase):
                 raise ConfigError(f"config key '{key}' must be >= 0, got {getattr(self, key)}")
         if self.overfit_tolerance < 0:
             raise ConfigError(f"config key 'overfit_tolerance' must be >= 0, got {self.overfit_tolerance}")
+        check_choice("export_format", self.export_format, ("", "diffusers", "single-file", "lora"))
         return self
 
 

@@ -95,7 +95,9 @@ class TrainConfig(ConfigBase):
     checkpointing_steps: int = resumable(500)
     checkpoints_total_limit: Optional[int] = resumable(None)  # keep at most this many checkpoints (None: all)
     keep_resume_states: int = resumable(1)  # the newest checkpoints that keep the resume state (the rest: fp16 weights)
+    keep_resume_at_end: bool = resumable(False)  # a finished run keeps its newest resume state (to extend it later)
     resume_from_checkpoint: Optional[str] = resumable(None)  # "latest", a checkpoint folder name, or None
+    allow_process_count_change: bool = resumable(False)  # resume a checkpoint saved by another number of processes
     logging_dir: str = "logs"  # inside the run folder
     disk_check: str = resumable("refuse")  # before training: "refuse" or "warn" if the run needs more disk than is free
     allow_pickle: bool = resumable(False)  # load pickle files (.bin/.ckpt/.pt) from checkpoints; only if you trust them

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -42,6 +43,7 @@ from ..runs import (
     RunLayout,
     drop_resume_state,
     list_checkpoints,
+    read_marker,
     resolve_checkpoint,
     resume_dir,
     write_marker,
@@ -199,24 +201,45 @@ def save_checkpoint(
                 shutil.rmtree(stale)
         (tmp / RESUME_DIR).mkdir(parents=True)
     acc.wait_for_everyone()
+    error: BaseException | None = None
     try:
         _write_files(tmp, parts, on_file)
-        acc.wait_for_everyone()
-        if acc.is_main_process:
+    except (OSError, SafetensorError) as err:  # safetensors reports a full disk as SafetensorError
+        error = err
+    _agree_or_fail(layout, tmp, step, error, acc)  # every process learns of a failure on any one
+    if acc.is_main_process:
+        try:
             write_json(tmp / RESUME_DIR / TRAINER_STATE, {**asdict(state), "epoch": info.get("epoch")})
             write_marker(tmp, {**asdict(state), **info, "processes": acc.num_processes, RESUME_KEY: RESUME_DIR})
             _atomic_replace(tmp, final, layout.replaced_checkpoint(step))
-    except (OSError, SafetensorError) as err:  # safetensors reports a full disk as SafetensorError
-        if acc.is_main_process and tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        last = list_checkpoints(layout.run_dir)
-        intact = f"the previous checkpoint {last[-1]} is intact" if last else "no earlier checkpoint exists"
-        raise CheckpointSaveError(
-            f"could not write checkpoint-{step} ({type(err).__name__}: {err}); is the disk full? "
-            f"The partial save was removed; {intact}."
-        ) from err
-    acc.wait_for_everyone()
+        except (OSError, SafetensorError) as err:
+            error = err
+    _agree_or_fail(layout, tmp, step, error, acc)
     return final
+
+
+def _any_process(acc, failed: bool) -> bool:
+    """Whether any process reports a failure (a collective: every process must call it)."""
+    if acc.num_processes == 1:
+        return failed
+    flag = torch.tensor([1.0 if failed else 0.0], device=acc.device)
+    return bool(acc.reduce(flag, reduction="sum").item() > 0)
+
+
+def _agree_or_fail(layout: RunLayout, tmp: Path, step: int, error: BaseException | None, acc) -> None:
+    """A write error on any process stops the save on every process (none is left waiting at a barrier): the
+    main process removes the partial save and every process raises :class:`CheckpointSaveError`."""
+    if not _any_process(acc, error is not None):
+        return
+    if acc.is_main_process and tmp.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
+    last = list_checkpoints(layout.run_dir)
+    intact = f"the previous checkpoint {last[-1]} is intact" if last else "no earlier checkpoint exists"
+    where = f"{type(error).__name__}: {error}" if error is not None else "another process failed to write its part"
+    raise CheckpointSaveError(
+        f"could not write checkpoint-{step} ({where}); is the disk full? The partial save was removed; {intact}."
+    ) from error
 
 
 def prune_checkpoints(layout: RunLayout, limit: int | None) -> list[Path]:
@@ -237,7 +260,7 @@ def drop_resume_states(layout: RunLayout, keep: int) -> list[Path]:
     others (after their marker was rewritten) are removed too."""
     ckpts = list_checkpoints(layout.run_dir)
     holding = [c for c in ckpts if resume_dir(c) is not None]
-    kept = holding[-keep:]
+    kept = holding[len(holding) - keep:] if keep else []
     for ckpt in ckpts:
         if ckpt not in kept and drop_resume_state(ckpt):
             logger.info("removed the resume state of %s (keep_resume_states=%d)", ckpt, keep)
@@ -257,8 +280,26 @@ def read_module_state(folder: Path, name: str, model_config: dict, base: str) ->
     return weights
 
 
+def check_process_count(path: Path, processes: int, allow_change: bool) -> None:
+    """Refuse to resume a checkpoint saved by another number of processes (the data order and the random
+    generators are per process: the run would not continue as it was), unless ``allow_change``: then warn."""
+    saved = int(read_marker(path).get("processes", 1))
+    if saved == processes:
+        return
+    msg = (f"{path.name} was saved by {saved} process(es), this run has {processes}: the data order and the "
+           "per-process random generators change")
+    if not allow_change:
+        raise CheckpointError(
+            f"resume_from_checkpoint: {msg}. Launch it as before ({saved} process(es)), or set "
+            "allow_process_count_change=True to resume the weights and optimizer with another data order"
+        )
+    warnings.warn(f"{msg}; resuming the weights and optimizer anyway (allow_process_count_change)",
+                  RuntimeWarning, stacklevel=3)
+
+
 def restore_checkpoint(
-    layout: RunLayout, which: str, parts: CheckpointParts, base: str, allow_pickle: bool = False
+    layout: RunLayout, which: str, parts: CheckpointParts, base: str, allow_pickle: bool = False,
+    allow_process_count_change: bool = False,
 ) -> tuple[Path, TrainState] | None:
     """Restore everything that makes the rest of the run identical from a checkpoint's resume state: the
     fp32 trained weights, optimizer (8-bit state included), LR scheduler, grad scaler, every random
@@ -270,6 +311,7 @@ def restore_checkpoint(
     path = resolve_checkpoint(layout.run_dir, which, verify=True)
     if path is None:
         return None
+    check_process_count(path, parts.accelerator.num_processes, allow_process_count_change)
     check_safe_to_load(path, allow_pickle)
     root = resume_dir(path)  # resume/, or the checkpoint itself in the earlier layout
     _restore_modules(root, parts, base)
@@ -278,7 +320,12 @@ def restore_checkpoint(
     scaler_state = load_state(root, GRAD_SCALER)
     if parts.scaler is not None and scaler_state:
         parts.scaler.load_state_dict(scaler_state)
-    set_rng_states(load_state(root, rng_file(parts.accelerator.process_index)), parts.generator)
+    rng = rng_file(parts.accelerator.process_index)
+    if (root / f"{rng}.json").is_file():
+        set_rng_states(load_state(root, rng), parts.generator)
+    else:  # a process the checkpoint did not have (allow_process_count_change): its seeded generators
+        logger.warning("%s has no %s: process %d keeps its seeded generators", path.name, rng,
+                       parts.accelerator.process_index)
     saved = json.loads((root / TRAINER_STATE).read_text())
     state = TrainState(int(saved["global_step"]), int(saved["micro_step"]), int(saved.get("skipped_steps", 0)))
     return path, state

@@ -65,7 +65,8 @@ def disk_plan(
 
     ``class_images`` is the number still to be generated. An old checkpoint is pruned, and an old resume
     state dropped, only after the new checkpoint is complete: the peak is while the last one is written, or
-    at the end with the final pipeline. ``old_layout_bytes`` is the same run with every checkpoint keeping
+    at the end with the final pipeline. A finished run drops its last resume state too, unless
+    ``keep_resume_at_end``. ``old_layout_bytes`` is the same run with every checkpoint keeping
     everything (fp32 weights and the Adam state) and an fp32 pipeline.
     """
     n = math.ceil(config.max_train_steps / config.checkpointing_steps)
@@ -80,7 +81,7 @@ def disk_plan(
     validation = n * config.num_validation_images * 2  # the images and their grid
     images = int((class_images + validation) * config.resolution**2 * 3 * PNG_RATIO)
     saving = min(n, kept + 1) * evaluation + min(n, resume_kept + 1) * resume
-    final = kept * evaluation + resume_kept * resume + pipeline
+    final = kept * evaluation + (resume_kept * resume if config.keep_resume_at_end else 0) + pipeline
     return {
         "checkpoints": n,
         "kept": kept,
@@ -89,6 +90,7 @@ def disk_plan(
         "resume_bytes": resume,
         "pipeline_bytes": pipeline,
         "pipeline_precision": config.final_pipeline_precision,
+        "keep_resume_at_end": config.keep_resume_at_end,
         "image_bytes": images,
         "final_bytes": final + images,
         "bytes": max(saving, final) + images,
@@ -108,7 +110,7 @@ def plan_message(plan: dict[str, Any], run_dir: Path | None) -> str:
     return (
         f"disk: a full run writes {plan['checkpoints']} checkpoint(s) and keeps {plan['kept']}, each with "
         f"{gb(plan['evaluation_bytes'])} of weights for evaluation, the newest {plan['resume_kept']} also with a "
-        f"{gb(plan['resume_bytes'])} resume state; a {gb(plan['pipeline_bytes'])} {plan['pipeline_precision']} "
+        f"{gb(plan['resume_bytes'])} resume state{'' if plan['keep_resume_at_end'] else ' while training'}; a {gb(plan['pipeline_bytes'])} {plan['pipeline_precision']} "
         f"pipeline; {gb(plan['image_bytes'])} of images: about {gb(plan['final_bytes'])} at the end, "
         f"{gb(plan['bytes'])} at the peak{free}"
     )
@@ -151,6 +153,11 @@ def sd15_disk_plan(config: TrainConfig | None = None, safety_checker: bool = Tru
 
     config = config or TrainConfig()
     m = build_sd15("meta")
+    if config.train_mode == "lora":
+        from .lora import add_lora
+
+        add_lora({"unet": m["unet"], **({"text_encoder": m["text_encoder"]} if config.train_text_encoder else {})},
+                 config, torch.float16)
     trained = [m["unet"]] + ([m["text_encoder"]] if config.train_text_encoder else [])
     frozen = [m["vae"]] + ([] if config.train_text_encoder else [m["text_encoder"]])
     if safety_checker and config.num_validation_images:
@@ -165,6 +172,9 @@ def main() -> None:
     print(plan_message(plan, None))
     print(f"earlier layout (every checkpoint fp32 + Adam state, fp32 pipeline): about "
           f"{human_bytes(plan['old_layout_bytes'])}")
+    lora = sd15_disk_plan(TrainConfig(train_mode="lora"))
+    print("the same run in LoRA mode (rank 4, UNet and text encoder):")
+    print(plan_message(lora, None))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,14 @@ from .heldout import Holdout, build_heldout_sets, check_holdout_size, prepare_ho
 from .lora import add_lora, trainable_parameters
 from .objective import LatentCache
 from .optim import build_optimizer
-from .setup import apply_speed_settings, check_run_dir, record_run, release_accelerator_state, resolve_mixed_precision
+from .setup import (
+    apply_speed_settings,
+    check_launch,
+    check_run_dir,
+    record_run,
+    release_accelerator_state,
+    resolve_mixed_precision,
+)
 from .trainer import DreamBoothTrainer, TrainComponents, TrainResult, log_function
 
 
@@ -147,6 +154,7 @@ def build_trainer(config: TrainConfig, *, progress: bool = True, callbacks: Sequ
     check_holdout_size(config)  # before anything is written or generated
     model_path = resolve_model(config.pretrained_model, config.resolution)
     acc = _accelerator(config, run_dir)
+    check_launch(acc.num_processes)  # before anything is written
     if acc.is_main_process:
         record_run(config, run_dir)
     set_seed(config.seed)

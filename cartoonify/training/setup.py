@@ -4,6 +4,7 @@ record (config, git commit, library versions), precision and the kernel-level sp
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -73,7 +74,8 @@ def check_run_dir(config: TrainConfig) -> Path:
                 "resume_from_checkpoint='latest' or choose another output_dir"
             )
     elif saved_path.is_file():
-        saved = json.loads(saved_path.read_text())
+        # a key the saved config lacks (a setting added since) had its default: older runs still resume
+        saved = {**type(config)().to_dict(), **json.loads(saved_path.read_text())}
         current = config.to_dict()
         changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         refused = [k for k in changed if k not in resumable_changes()]
@@ -103,3 +105,22 @@ def record_run(config: TrainConfig, run_dir: Path) -> None:
         first = json.loads(info_path.read_text())
         info = {**first, "resumes": first.get("resumes", []) + [info]}
     write_json(info_path, info)
+
+
+class LaunchError(RuntimeError):
+    """The environment says several processes, but accelerate sees one: copies would race into one run."""
+
+
+def check_launch(num_processes: int, environ=os.environ) -> None:
+    """Refuse to start when the launcher set ``WORLD_SIZE`` > 1 but accelerate runs one process (torchrun on a
+    CPU without ``ACCELERATE_USE_CPU=1``, or a launcher accelerate does not see): every copy would train the
+    same steps and write the same checkpoint folders at the same moment."""
+    world = int(environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and num_processes == 1:
+        raise LaunchError(
+            f"WORLD_SIZE={world} says this is one of {world} processes, but accelerate sees a single process, so "
+            f"{world} independent copies would race into one run folder; nothing was written. Launch with "
+            "accelerate (`accelerate config`, then `accelerate launch --multi_gpu --num_processes N -m "
+            "cartoonify.train ...`), or on CPUs with `ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N -m "
+            "cartoonify.train ...`; for one process, run `python -m cartoonify.train ...` without a launcher."
+        )

@@ -173,7 +173,8 @@ class DreamBoothTrainer:
         return path
 
     def _resume(self, which: str) -> None:
-        restored = restore_checkpoint(self.layout, which, self._parts(), self.model_path, self.config.allow_pickle)
+        restored = restore_checkpoint(self.layout, which, self._parts(), self.model_path, self.config.allow_pickle,
+                                      self.config.allow_process_count_change)
         if restored is None:
             logger.warning("resume_from_checkpoint=%r: no checkpoint in %s; starting a new run", which, self.run_dir)
             return
@@ -246,6 +247,8 @@ class DreamBoothTrainer:
                 self._checkpoint_and_validate(result)  # the end of a run off the checkpoint grid
             if c.save_final_pipeline and acc.is_main_process:
                 result.pipeline_dir = self.save_pipeline()
+            if acc.is_main_process and not c.keep_resume_at_end and self.global_step >= c.max_train_steps:
+                drop_resume_states(self.layout, 0)  # the run is finished: evaluation weights only
             acc.wait_for_everyone()
             self.callbacks.fire("on_train_end", self)
         except torch.cuda.OutOfMemoryError as err:
