@@ -1,4 +1,4 @@
-"""Speed and memory benchmarks: ``python -m benchmarks.bench {tiny,sd15,reference}`` (from the repository root).
+"""Speed and memory benchmarks: ``python -m benchmarks.bench {tiny,sd15,reference,recipe}`` (from the repository root).
 
 - ``tiny`` (CPU or GPU): the embedded model at 64 px, batch 4 + 4 class images, text encoder trained,
   8-bit AdamW. Training steps/s and images/s with each optimisation on and off, peak memory, class-image
@@ -10,10 +10,14 @@
 - ``reference``: diffusers' ``examples/dreambooth/train_dreambooth.py`` (a checkout given with
   ``--diffusers``) against ``python -m cartoonify.train`` on the same model, data and settings, side by
   side; steps/s from the wall-time difference of two step counts, so start-up and saving cancel out.
+- ``recipe`` (``--model tiny`` on CPU or GPU, ``--model sd15`` on GPU): the write-up's recipe scaled down
+  (64 class images, 200 steps, 2 checkpoints with 4 validation images), timed stage by stage and
+  extrapolated to the whole recipe (:mod:`benchmarks.recipe`).
 
 Each variant runs in its own process (peak RSS is per process). Warm-up steps are dropped; the figure is
 the median of several timed repetitions. Results go to ``benchmarks/results/<config>.json`` and ``.md``
-(``--out`` for another folder). ``--profile`` adds a ``torch.profiler`` split of the default's step by the
+(``--out`` for another folder), rewritten after every variant and stage; ``--budget SECONDS`` stops cleanly
+before a device's time limit. ``--profile`` adds a ``torch.profiler`` split of the default's step by the
 trainer's regions.
 """
 
@@ -29,7 +33,8 @@ from .common import RESULTS_DIR
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("config", choices=["tiny", "sd15", "reference", "_worker"])
+    parser.add_argument("config", choices=["tiny", "sd15", "reference", "recipe", "_worker"])
+    parser.add_argument("--model", choices=["tiny", "sd15"], default="tiny", help="the recipe's model")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="results folder (default: benchmarks/results)")
     parser.add_argument("--name", help="results file name (default: the config)")
     parser.add_argument("--work", help="scratch folder for the model and data (default: a temporary one)")
@@ -65,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # and each sd15 process pays for loading the model, so sd15 repeats within one process instead
     args.rounds = args.rounds or (1 if args.config == "sd15" else 3)
     args.repeats = args.repeats or (3 if args.config in ("sd15", "reference") else 1)
-    if args.config == "sd15":
+    if args.config == "sd15" or (args.config == "recipe" and args.model == "sd15"):
         import torch
 
         if not torch.cuda.is_available():
@@ -78,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .reference import run_reference
 
         recorder.update(**run_reference(args))
+    elif args.config == "recipe":
+        from .recipe import run_recipe
+
+        run_recipe(args, recorder)
     else:
         from .suite import run_suite
 

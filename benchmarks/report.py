@@ -102,6 +102,10 @@ def markdown(results: dict[str, Any]) -> str:
     lines = header(results)
     if results["config"] == "reference":
         lines += reference_markdown(results)
+    elif results["config"] == "recipe":
+        from .recipe import recipe_markdown
+
+        lines += recipe_markdown(results)
     else:
         lines += training_table(results) + parts_markdown(results) + method_note(results["settings"])
         lines += profile_markdown(results.get("profile"))

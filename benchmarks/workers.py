@@ -13,7 +13,7 @@ from typing import Any
 
 from .common import REPO_ROOT, subprocess_env
 
-KINDS = ("train", "profile", "optimizer", "class_generation", "validation")
+KINDS = ("train", "profile", "optimizer", "class_generation", "validation", "recipe")
 
 
 def measure(kind: str, config, args: argparse.Namespace) -> dict[str, Any]:
@@ -22,6 +22,10 @@ def measure(kind: str, config, args: argparse.Namespace) -> dict[str, Any]:
         from .training import measure_training
 
         return measure_training(config, args.warmup, args.steps, args.repeats, flops=args.flops)
+    if kind == "recipe":
+        from .recipe import measure_recipe
+
+        return measure_recipe(config)
     if kind == "profile":
         from .training import measure_profile
 

@@ -122,3 +122,30 @@ def test_a_measurement_past_the_budget_is_stopped_and_marked(tmp_path):
     args = argparse.Namespace(warmup=1, steps=1, repeats=1)
     row = run_worker("train", "default", TrainConfig(output_dir=str(tmp_path / "x")), {}, args, timeout=0.5)
     assert row["variant"] == "default" and "stopped at the budget" in row["error"]
+
+
+def test_recipe_extrapolation_scales_each_stage_by_its_count():
+    from benchmarks.recipe import FULL, extrapolate
+
+    stages = {"class_images": {"seconds": 32.0, "count": 64}, "setup": {"seconds": 5.0},
+              "training_steps": {"seconds": 40.0, "count": 200}, "checkpoint_saves": {"seconds": 6.0, "count": 2},
+              "validation": {"seconds": 8.0, "count": 2}, "final_pipeline": {"seconds": 3.0}}
+    full = extrapolate(stages)
+    expected = {"class_images": 0.5 * FULL["class_images"], "setup": 5.0, "training_steps": 0.2 * FULL["steps"],
+                "checkpoint_saves": 3.0 * FULL["checkpoints"], "validation": 4.0 * FULL["validations"],
+                "final_pipeline": 3.0}
+    assert full["seconds"] == pytest.approx(expected)
+    assert full["total_seconds"] == pytest.approx(sum(expected.values()))
+    assert sum(full["share"].values()) == pytest.approx(1.0)
+
+
+def test_stage_clock_times_saves_and_validations_through_the_callbacks(small_config):
+    from benchmarks.recipe import StageClock
+    from cartoonify.training.run import build_trainer
+
+    clock = StageClock()
+    config = small_config(max_train_steps=4, checkpointing_steps=2, num_validation_images=1,
+                          validation_inference_steps=2, save_final_pipeline=True)
+    build_trainer(config, progress=False, callbacks=[clock]).run()
+    assert len(clock.saves) == 2 and len(clock.validations) == 2
+    assert all(s > 0 for s in clock.saves + clock.validations) and clock.final > 0

@@ -198,7 +198,7 @@ def test_disk_plan_of_the_writeup_run():
     assert plan["evaluation_bytes"] == 2 * trained
     assert 4 * trained + 2 * trained < plan["resume_bytes"] < 4 * trained + 2.1 * trained  # fp32 + 8-bit Adam
     assert plan["pipeline_precision"] == "fp16"
-    # at the end: 8 x 1.97 GB fp16 + a 2.74 GB fp16 pipeline + images = 18.96 GB (the finished run drops its
+    # at the end: 8 x 1.97 GB fp16 + a 2.74 GB fp16 pipeline + images = 18.88 GB (the finished run drops its
     # 5.93 GB resume state); 28.0 GB at the peak, while the last checkpoint is written beside the one before
     # with its resume state; 53.3 GB in the earlier layout
     assert plan["final_bytes"] == 8 * plan["evaluation_bytes"] + plan["pipeline_bytes"] + plan["image_bytes"]

@@ -32,6 +32,9 @@ class TrainerCallback:
     def on_checkpoint_saved(self, trainer, path: Path) -> None:
         """After a checkpoint is complete and in place."""
 
+    def on_validation_end(self, trainer, folder: Path) -> None:
+        """After the validation images of a checkpoint (or of the base model, at the start) are written."""
+
     def on_train_end(self, trainer) -> None:
         """After the last step, checkpoint and final pipeline of this call."""
 

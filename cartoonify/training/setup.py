@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -27,8 +28,24 @@ def apply_speed_settings(config: TrainConfig, unet, device: torch.device) -> Non
     if config.allow_tf32 and device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if config.compile_unet:
+    if config.compile_unet:  # the training step only: validation and the held-out loss run eager (eager_unet)
+        unet._eager_forward = unet.forward
         unet.forward = torch.compile(unet.forward)
+
+
+@contextmanager
+def eager_unet(unet):
+    """The UNet's eager forward while the block runs, when it was compiled for training: sampling (no grad,
+    eval mode, another batch shape) would otherwise recompile it at every checkpoint."""
+    eager, compiled = unet.__dict__.get("_eager_forward"), unet.__dict__.get("forward")
+    if eager is None or compiled is None:
+        yield
+        return
+    unet.forward = eager
+    try:
+        yield
+    finally:
+        unet.forward = compiled
 
 
 def resolve_mixed_precision(mixed_precision: str, device: torch.device) -> str:

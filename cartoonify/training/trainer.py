@@ -35,6 +35,7 @@ from .disk import check_disk, disk_plan, plan_message
 from .errors import NonFiniteLossError, TrainingOutOfMemoryError, nonfinite_message, oom_message
 from .export import save_pipeline
 from .heldout import HeldoutMonitor
+from .setup import eager_unet
 from .logs import SCALARS, LossLog
 from .lora import trainable_parameters
 from .objective import REGIONS, training_step
@@ -201,12 +202,15 @@ class DreamBoothTrainer:
         for m in self.trained:
             m.eval()
         try:
-            return validate(self.pipeline(), self.config, self.layout, self.global_step, self.weight_dtype,
-                            self.accelerator.trackers)
+            with eager_unet(self.unwrap(self.unet)):
+                folder = validate(self.pipeline(), self.config, self.layout, self.global_step, self.weight_dtype,
+                                  self.accelerator.trackers)
         finally:
             move_module(self.vae, vae_device)
             for m in self.trained:
                 m.train()
+        self.callbacks.fire("on_validation_end", self, folder)
+        return folder
 
     def save_pipeline(self) -> Path:
         return save_pipeline(
@@ -343,8 +347,9 @@ class DreamBoothTrainer:
         None when holdout_images is 0). See :mod:`cartoonify.training.heldout`."""
         if self.heldout_monitor is None:
             return None
-        row = self.heldout_monitor.measure(self.unwrap(self.unet), self.unwrap(self.text_encoder),
-                                           self.noise_scheduler, self.global_step, self.weight_dtype)
+        with eager_unet(self.unwrap(self.unet)):
+            row = self.heldout_monitor.measure(self.unwrap(self.unet), self.unwrap(self.text_encoder),
+                                               self.noise_scheduler, self.global_step, self.weight_dtype)
         scalars = {f"heldout/{k}": row[f"heldout_{k}"] for k in ("instance", "class")}
         self.accelerator.log({k: v for k, v in scalars.items() if v is not None}, step=self.global_step)
         self.log(f"held-out loss at step {self.global_step}: "
