@@ -119,6 +119,9 @@ _EXPORTS = {
     "sweep_html": "stylize",
     "manifest_html": "stylize",
     "contact_sheet": "stylize",
+    "TrainingProgress": "training.progress",
+    "PreflightError": "training.preflight",
+    "check_inputs": "training.preflight",
     # export
     "export_model": "exporting",
     "write_model_card": "exporting",

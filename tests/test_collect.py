@@ -902,3 +902,26 @@ def test_module_is_runnable():
         [sys.executable, "-m", "cartoonify.collect", "--help"], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0 and "--fit" in proc.stdout and "SOURCE" in proc.stdout.upper()
+
+
+def test_nothing_kept_says_why_and_what_to_do(tmp_path, capsys):
+    """A run that keeps nothing: the notebook's check raises with the manifest's reasons; the command line
+    exits 1 with them."""
+    from cartoonify.data.collect import NothingCollectedError
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "notes.md").write_text("not an image")
+    (src / "also.md").write_text("nor this")
+    result = run([str(src), str(tmp_path / "missing")], tmp_path / "out", resolution=64)
+    with pytest.raises(NothingCollectedError) as err:
+        result.check_kept()
+    text = str(err.value)
+    assert "collect kept no images from 3 inputs" in text and str(result.manifest_path) in text
+    assert "rejected (not an image): not an image: text" in text and "; and 1 more like it" in text
+    assert f"rejected (missing source): source does not exist: {tmp_path / 'missing'}" in text
+    assert f"python -m cartoonify.collect {src} {tmp_path / 'missing'} --out {tmp_path / 'out'} --size 64" in text
+    assert main([str(src), "--out", str(tmp_path / "out2"), "--quiet"]) == 1
+    assert "collect kept no images" in capsys.readouterr().err
+    kept = run([str(make_mixed_folder(tmp_path))], tmp_path / "out3")
+    assert kept.check_kept() is kept

@@ -5,15 +5,31 @@ from __future__ import annotations
 import ast
 import csv
 import dataclasses
+import io
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 
 from cartoonify.config import PARAMETER_CONFIGS, load_parameters, parameter_types
-from cartoonify.notebooks import NOTEBOOKS, cells_with_outputs, notebook_path, run_notebooks, strip_outputs
+from cartoonify.notebooks import (
+    COLAB_CELL,
+    COLAB_TAG,
+    NOTEBOOKS,
+    Heartbeat,
+    NotebookEcho,
+    Terminal,
+    cells_with_outputs,
+    declared_parameters,
+    failure_message,
+    notebook_path,
+    run_notebooks,
+    set_colab_cell,
+    strip_outputs,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CELL_TIMEOUT = 600  # seconds a notebook cell may run under papermill
@@ -35,8 +51,11 @@ def test_notebook_is_thin_clean_and_parameterised(name):
     assert cells_with_outputs(path) == [], "committed notebooks carry no outputs"
     assert nb.metadata["kernelspec"]["name"] == "python3"
     code = [c for c in nb.cells if c.cell_type == "code"]
+    # first the Colab install cell (does nothing elsewhere), then the one parameters cell
+    assert code[0].source == COLAB_CELL.rstrip("\n") and code[0].metadata.get("tags") == [COLAB_TAG], (
+        "the first code cell is the Colab install cell: python -m cartoonify.notebooks --colab-cell notebooks/*.ipynb")
     tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
-    assert len(tagged) == 1 and code[0] is tagged[0], "one parameters cell, first"
+    assert len(tagged) == 1 and code[1] is tagged[0], "one parameters cell, right after the Colab cell"
     for cell in code:
         tree = ast.parse(cell.source)
         banned = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda))]
@@ -51,8 +70,70 @@ def test_notebook_is_thin_clean_and_parameterised(name):
         key = node.target.id
         assert key in types_, f"{name}: {key} is no config field"
         assert ast.literal_eval(node.value) == defaults[key], f"{name}: default of {key}"
+    # papermill sees every parameter (a line its parser cannot read, e.g. "= x" in the comment, is silently
+    # left out: the parameters file's value would never reach the notebook)
+    unseen = sorted(set(_declared(name)) - set(declared_parameters(path)))
+    assert not unseen, f"{name}: papermill cannot parse the lines of {unseen}"
     # the cell after the parameters derives values, then a few library calls
-    assert "from_parameters(globals()" in code[1].source
+    assert "from_parameters(globals()" in code[2].source
+    assert declared_parameters_cell_index(path) == nb.cells.index(code[1])
+
+
+def declared_parameters_cell_index(path) -> int:
+    """The cell papermill takes for the parameters cell (it injects the given values after it)."""
+    from papermill.iorw import load_notebook_node
+    from papermill.utils import find_first_tagged_cell_index
+
+    return find_first_tagged_cell_index(load_notebook_node(str(path)), "parameters")
+
+
+def _run_colab_cell(namespace: dict) -> dict:
+    exec(compile(COLAB_CELL, "colab-cell", "exec"), namespace)
+    return namespace
+
+
+def test_colab_cell_does_nothing_off_colab(monkeypatch):
+    import subprocess
+
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
+    monkeypatch.setattr(subprocess, "check_call", lambda *a, **k: pytest.fail("pip ran outside Colab"))
+    namespace = _run_colab_cell({})
+    assert "clones" not in namespace
+
+
+def test_colab_cell_installs_the_clone_on_colab(monkeypatch, tmp_path):
+    """On Colab, with the package not importable: ``pip install -e`` of the clone found above the working
+    folder; with no clone anywhere, an error that says to clone first."""
+    import importlib.util
+    import subprocess
+    import types
+
+    calls = []
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.setattr(subprocess, "check_call", lambda cmd, **k: calls.append(cmd))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "cartoonify" else real_find_spec(name, *a))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.chdir(ROOT / "notebooks")
+    namespace = _run_colab_cell({})
+    assert calls == [[sys.executable, "-m", "pip", "install", "--quiet", "-e", str(ROOT)]]
+    assert sys.path[0] == str(ROOT) and namespace["clones"][0] == ROOT
+    monkeypatch.chdir(tmp_path)
+    if not any(Path(base).is_dir() for base in ("/content", "/content/drive/MyDrive")):
+        with pytest.raises(RuntimeError, match="Clone the repository first"):
+            _run_colab_cell({})
+
+
+def test_set_colab_cell_inserts_once(tmp_path):
+    copy = tmp_path / "nb.ipynb"
+    nb = nbformat.read(str(notebook_path("01_collect")), as_version=4)
+    nb.cells = [c for c in nb.cells if COLAB_TAG not in c.metadata.get("tags", [])]
+    nbformat.write(nb, str(copy))
+    assert set_colab_cell(copy) is True and set_colab_cell(copy) is False
+    code = [c for c in nbformat.read(str(copy), as_version=4).cells if c.cell_type == "code"]
+    assert code[0].source == COLAB_CELL.rstrip("\n") and "parameters" in code[1].metadata["tags"]
 
 
 @pytest.mark.parametrize("name, configs", [
@@ -93,6 +174,60 @@ def test_unknown_parameter_is_named(tmp_path):
         load_parameters(bad)
     with pytest.raises(ConfigError, match="'compare_steps'"):
         load_parameters({"compare_steps": "many"})
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_echo_prefixes_lines_and_cuts_long_printouts():
+    out = io.StringIO()
+    echo = NotebookEcho("02_train", Terminal(out), max_lines=4)
+    echo.write("step 1/4  loss 0.5\npart")
+    echo.write("ial line\n")
+    echo.write("bar 10%\rbar 100%\n\n")
+    echo.write("".join(f"yaml {i}\n" for i in range(10)))
+    echo.write("no newline at the end")
+    echo.close()
+    assert out.getvalue().splitlines() == [
+        "  02_train | step 1/4  loss 0.5", "  02_train | partial line", "  02_train | bar 100%",
+        "  02_train | yaml 0", "  02_train | yaml 1", "  02_train | yaml 2",
+        "  02_train | ... (7 more lines in the executed notebook)", "  02_train | no newline at the end",
+    ]
+
+
+def test_heartbeat_after_silence_only():
+    clock, out = _Clock(), io.StringIO()
+    terminal = Terminal(out, clock=clock)
+    beat = Heartbeat("[2/5] 02_train", terminal, every=30)
+    clock.now = 29
+    assert beat.beat() is False
+    clock.now = 95
+    assert beat.beat() is True
+    clock.now = 110
+    terminal.line("  02_train | step 3/4")
+    clock.now = 130
+    assert beat.beat() is False  # 20 s since the last line
+    assert out.getvalue().splitlines() == ["[2/5] 02_train: running, 1 min 35 s so far", "  02_train | step 3/4"]
+
+
+def test_failure_message_explains_or_shows_the_traceback():
+    from papermill.exceptions import PapermillExecutionError
+
+    err = PapermillExecutionError(4, 3, "src", "PreflightError", "training cannot start:\n\ninstance_dir ...",
+                                  ["Traceback ...", "diffusers/pipeline.py line 1"])
+    err.notebook, err.executed = "02_train", Path("outputs/x/notebooks/02_train.ipynb")
+    message, status = failure_message(err)
+    assert status == 2 and "Traceback" not in message and "diffusers" not in message
+    assert message.strip().startswith("error: 02_train stopped in cell [3]: training cannot start:\n\ninstance_dir")
+    assert message.endswith("The executed notebook, with the failing cell: outputs/x/notebooks/02_train.ipynb")
+    err.ename = "OSError"
+    message, status = failure_message(err)
+    assert status == 1 and "Traceback" in message and "error: 02_train failed in cell [3]: OSError:" in message
 
 
 def test_strip_outputs(tmp_path, notebook_run):
@@ -177,6 +312,9 @@ def test_notebooks_run_headless_and_leave_their_files(notebook_run):
     # 02_train: checkpoints, validation, loss curve and validation grid shown inline as images
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
     assert _has_image_output(run / "notebooks" / "02_train.ipynb")
+    train_out = _stdout(run / "notebooks" / "02_train.ipynb")  # TrainingProgress, through the callbacks
+    assert "training: 4 steps" in train_out and "step 2/4  checkpoint-2 saved" in train_out
+    assert "training done: step 4/4" in train_out
     # 03_evaluate: no ratings under papermill, said once; scores of every step beside them, best by the scores
     out = _stdout(run / "notebooks" / "03_evaluate.ipynb")
     assert out.count("No ratings yet") == 1

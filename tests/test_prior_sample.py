@@ -47,6 +47,36 @@ def test_class_images_top_up_never_overwrite_and_match_a_single_run(pipe, tmp_pa
     assert np.array_equal(np.asarray(Image.open(more[0])), np.asarray(ref.images[0]))
 
 
+def test_an_automatic_class_batch_halves_on_out_of_memory_and_keeps_what_fits(pipe, tmp_path, monkeypatch):
+    """batch_size None: the largest batch that fits, found by halving on CUDA out-of-memory (injected here:
+    a batch of more than 3 fails), capped by the count; every image still comes from its own seed."""
+    import cartoonify.data.prior as prior
+    from cartoonify.data.prior import auto_batches
+
+    tried = []
+
+    def generate(chunk):
+        tried.append(len(chunk))
+        if len(chunk) > 3:
+            raise torch.cuda.OutOfMemoryError("injected")
+        return chunk
+
+    chunks = [c for c, _ in auto_batches(list(range(10)), generate, None, "cuda")]
+    assert tried[:3] == [10, 5, 2] and chunks == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]  # 64 capped at 10
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # a batch size the user set is not changed behind them
+        list(auto_batches(list(range(10)), generate, 4, "cuda"))
+
+    monkeypatch.setitem(prior.AUTO_BATCH_START, "cpu", 4)
+    auto = generate_class_images(pipe, tmp_path / "auto", "an illustration", 5, seed=7, batch_size=None,
+                                 num_inference_steps=3, progress=False)
+    single = generate_class_images(pipe, tmp_path / "one", "an illustration", 5, seed=7, batch_size=1,
+                                   num_inference_steps=3, progress=False)
+    assert [p.name for p in auto] == [p.name for p in single]
+    for a, b in zip(auto, single):
+        diff = np.abs(np.asarray(Image.open(a), dtype=int) - np.asarray(Image.open(b), dtype=int))
+        assert diff.max() <= 1  # the same images (batched matrix products may round the last bit apart)
+
+
 def test_registry_covers_the_comparison_and_swaps_from_config(pipe):
     for name in ("pndm", "ddim", "euler", "euler_a", "dpmpp_2m_karras", "unipc", "heun", "lms"):
         assert name in SCHEDULERS
@@ -101,9 +131,13 @@ def test_img2img_strength(pipe, monkeypatch):
 def test_load_finetuned_swaps_in_checkpoint_modules(trained_run):
     ckpt = trained_run["result"].checkpoints[0]
     pipe = load_finetuned(str(trained_run["config"].pretrained_model), ckpt, scheduler="euler_a", device="cpu")
-    snap = trained_run["snapshots"][2]
-    assert all(torch.equal(pipe.unet.state_dict()[k], v) for k, v in snap["unet"].items())
-    assert all(torch.equal(pipe.text_encoder.state_dict()[k], v) for k, v in snap["text_encoder"].items())
+    snap = trained_run["snapshots"][2]  # a checkpoint keeps fp16 weights for evaluation, loaded into the fp32 pipeline
+
+    def fp16(v):
+        return v.half().float() if v.is_floating_point() else v
+
+    assert all(torch.equal(pipe.unet.state_dict()[k], fp16(v)) for k, v in snap["unet"].items())
+    assert all(torch.equal(pipe.text_encoder.state_dict()[k], fp16(v)) for k, v in snap["text_encoder"].items())
     assert type(pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
     with pytest.raises(FileNotFoundError, match="unet"):
         load_finetuned(str(trained_run["config"].pretrained_model), trained_run["config"].output_dir)

@@ -52,7 +52,7 @@ class TrainConfig(ConfigBase):
     prior_loss_weight: float = 1.0
     resolution: int = 512
     center_crop: bool = True
-    sample_batch_size: int = 4  # batch size of class-image generation
+    sample_batch_size: Optional[int] = None  # batch of class-image generation; None: the largest that fits
     class_inference_steps: int = 50  # denoising steps per class image (the pipeline's default)
     class_scheduler: Optional[str] = None  # sampler of class images; None: the model's own (PNDM)
     holdout_images: int = 8  # instance images held out of training for the held-out loss (0: off)
@@ -129,12 +129,14 @@ class TrainConfig(ConfigBase):
         check_choice("train_mode", self.train_mode, TRAIN_MODES)
         check_choice("final_pipeline_precision", self.final_pipeline_precision, FINAL_PIPELINE_PRECISIONS)
         check_at_least(self, 1, "resolution", "train_batch_size", "max_train_steps", "gradient_accumulation_steps",
-                       "checkpointing_steps", "keep_resume_states", "lora_rank", "sample_batch_size", "class_inference_steps",
+                       "checkpointing_steps", "keep_resume_states", "lora_rank", "class_inference_steps",
                        "validation_inference_steps")
         check_at_least(self, 0, "num_class_images", "num_validation_images", "lr_warmup_steps", "dataloader_num_workers",
                        "holdout_images")
         if self.learning_rate <= 0:
             raise ConfigError(f"config key 'learning_rate' must be > 0, got {self.learning_rate!r}")
+        if self.sample_batch_size is not None and self.sample_batch_size < 1:
+            raise ConfigError(f"config key 'sample_batch_size' must be >= 1 or null, got {self.sample_batch_size!r}")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"config key 'lora_dropout' must be in [0, 1), got {self.lora_dropout!r}")
         if self.lora_alpha is not None and self.lora_alpha <= 0:

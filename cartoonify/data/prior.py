@@ -51,14 +51,15 @@ def generate_class_images(
     num_class_images: int,
     *,
     seed: int = 0,
-    batch_size: int = 4,
+    batch_size: int | None = 4,
     num_inference_steps: int = 50,
     guidance_scale: float = 7.5,
     progress: bool = True,
 ) -> list[Path]:
     """Top ``class_dir`` up to ``num_class_images`` images of ``class_prompt`` with ``pipe``.
 
-    Batched (``batch_size`` prompts per call), seeded per image, written atomically. Returns the new files.
+    Batched (``batch_size`` prompts per call; None: the largest batch that fits, :func:`auto_batches`),
+    seeded per image, written atomically. Returns the new files.
     """
     class_dir = Path(class_dir)
     class_dir.mkdir(parents=True, exist_ok=True)
@@ -68,16 +69,12 @@ def generate_class_images(
     logger.info("generating %d class images in %s", len(todo), class_dir)
     written: list[Path] = []
     bar = tqdm(total=len(todo), desc="Generating class images", disable=not progress, unit="img")
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
-        result = text_to_image(
-            pipe,
-            class_prompt,
-            [seed + k for k in chunk],
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            batch_size=batch_size,
-        )
+
+    def generate(chunk: list[int]):
+        return text_to_image(pipe, class_prompt, [seed + k for k in chunk], num_inference_steps=num_inference_steps,
+                             guidance_scale=guidance_scale, batch_size=len(chunk))
+
+    for chunk, result in auto_batches(todo, generate, batch_size, pipe.device):
         for k, img in zip(chunk, result.images):
             path = class_dir / class_image_name(k)
             if path.exists():  # appeared meanwhile (another process): never overwrite
@@ -87,6 +84,31 @@ def generate_class_images(
         bar.update(len(chunk))
     bar.close()
     return written
+
+
+AUTO_BATCH_START = {"cuda": 64, "cpu": 8}  # the first batch size tried when it is chosen automatically
+
+
+def auto_batches(todo: list[int], generate, batch_size: int | None, device):
+    """Yield ``(chunk, generate(chunk))`` over ``todo`` in batches of ``batch_size``; with None, the largest
+    batch that fits: from :data:`AUTO_BATCH_START` (at most the count), halved on CUDA out-of-memory until a
+    batch succeeds, then kept."""
+    size = batch_size or min(len(todo), AUTO_BATCH_START.get(torch.device(device).type, 8))
+    start = 0
+    while start < len(todo):
+        chunk = todo[start : start + size]
+        try:
+            result = generate(chunk)
+        except torch.cuda.OutOfMemoryError:
+            if batch_size is not None or size == 1:
+                raise
+            size = max(1, size // 2)
+            logger.info("class images: out of memory at batch %d, trying %d", len(chunk), size)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        yield chunk, result
+        start += len(chunk)
 
 
 def ensure_class_images(config, device: str | torch.device | None = None, progress: bool = True) -> list[Path]:

@@ -24,7 +24,9 @@ from ..runs import CheckpointError, list_checkpoints
 from .checkpoint import CheckpointSaveError
 from .disk import InsufficientDiskError
 from .errors import NonFiniteLossError, RunExistsError, TrainingOutOfMemoryError
+from .preflight import PreflightError, preflight
 from .run import run_training
+
 
 def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
     """``--config FILE`` then ``--key value`` overrides.
@@ -49,8 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         config = config_from_args(argv)
+        preflight(config.validate())  # every missing input at once, before anything loads or is written
         result = run_training(config)
     except (
+        PreflightError,
         ConfigError,
         FileNotFoundError,
         RunExistsError,
@@ -61,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         CheckpointSaveError,
         CheckpointError,
     ) as err:
-        # DataFolderError is a FileNotFoundError; every message names the key, file, folder or step
+        # DataFolderError is a FileNotFoundError; every message names the key, file, folder or step; a
+        # PreflightError's is a paragraph per problem
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(

@@ -29,6 +29,7 @@ from .heldout import Holdout, build_heldout_sets, check_holdout_size, prepare_ho
 from .lora import add_lora, trainable_parameters
 from .objective import LatentCache
 from .optim import build_optimizer
+from .preflight import preflight
 from .setup import (
     apply_speed_settings,
     check_launch,
@@ -150,6 +151,7 @@ def build_trainer(config: TrainConfig, *, progress: bool = True, callbacks: Sequ
     from accelerate.utils import set_seed
 
     config = config.validate()
+    preflight(config)  # every missing input or unreachable base model, one paragraph each, before anything is written
     run_dir = check_run_dir(config)
     check_holdout_size(config)  # before anything is written or generated
     model_path = resolve_model(config.pretrained_model, config.resolution)

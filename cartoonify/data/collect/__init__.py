@@ -28,9 +28,9 @@ skips what it already made ("already collected") and changes nothing already kep
 
 from .cli import build_parser, main
 from .decode import describe_bytes, sniff_image
-from .errors import FetchError, OutputError
+from .errors import FetchError, NothingCollectedError, OutputError
 from .fetch import fetch_url, make_fetcher
-from .manifest import MANIFEST_COLUMNS, CollectResult, ManifestRow, format_summary, read_manifest
+from .manifest import MANIFEST_COLUMNS, CollectResult, ManifestRow, format_summary, nothing_kept_message, read_manifest
 from .pixels import background_score, hamming, perceptual_hash, whiten_background
 from .run import collect_dataset
 from .sources import read_url_list
@@ -40,6 +40,7 @@ __all__ = [
     "CollectResult",
     "FetchError",
     "ManifestRow",
+    "NothingCollectedError",
     "OutputError",
     "background_score",
     "build_parser",
@@ -50,6 +51,7 @@ __all__ = [
     "hamming",
     "main",
     "make_fetcher",
+    "nothing_kept_message",
     "perceptual_hash",
     "read_manifest",
     "read_url_list",

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import typing
 from collections.abc import Sequence
 from typing import Any
 
 from ...config import CollectConfig
+from .manifest import nothing_kept_message
 from .run import collect_dataset
 
 PROG = "python -m cartoonify.collect"
@@ -66,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point; prints the summary. Exit status 0, or 2 for bad arguments."""
+    """Command line entry point; prints the summary. Exit status 0, 1 when no image was kept (the reasons
+    are printed), 2 for bad arguments."""
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     quiet = args.pop("quiet")
@@ -79,4 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"manifest: {result.manifest_path}")
     if result.contact_sheet_path:
         print(f"contact sheet: {result.contact_sheet_path}")
+    if not result.kept:
+        print(f"error: {nothing_kept_message(result)}", file=sys.stderr)
+        return 1
     return 0

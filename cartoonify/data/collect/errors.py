@@ -22,3 +22,8 @@ class Reject(Exception):
     def __init__(self, code: str, reason: str, verdict: str = "rejected", facts: dict | None = None):
         super().__init__(reason)
         self.code, self.reason, self.verdict, self.facts = code, reason, verdict, facts or {}
+
+
+class NothingCollectedError(ValueError):
+    """A collect run kept no image: nothing to train on. The message gives the manifest's reasons and what to
+    put where (:meth:`~cartoonify.data.collect.CollectResult.check_kept`)."""

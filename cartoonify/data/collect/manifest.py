@@ -18,7 +18,7 @@ from PIL import Image
 from ...config import CollectConfig
 from ...imaging import image_grid, png_bytes
 from ...utils import atomic_write_bytes
-from .errors import OutputError
+from .errors import NothingCollectedError, OutputError
 
 VERDICTS = ("kept", "rejected", "duplicate")
 MANIFEST_NAME = "manifest.csv"
@@ -74,6 +74,7 @@ class CollectResult:
     manifest_path: Path
     contact_sheet_path: Path | None
     settings: dict = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)  # as given (folders, URL lists, files, URLs)
 
     @property
     def images_dir(self) -> Path:
@@ -87,6 +88,13 @@ class CollectResult:
     def summary(self) -> str:
         """A few lines: totals by verdict, then counts by reason code."""
         return format_summary(self.rows, self.out_dir)
+
+    def check_kept(self) -> "CollectResult":
+        """Raise :class:`NothingCollectedError` (the manifest's reasons, and what to do) if no image was
+        kept; else return the result."""
+        if not self.kept:
+            raise NothingCollectedError(nothing_kept_message(self))
+        return self
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{self.counts.get(v, 0)} {v}" for v in VERDICTS)
@@ -162,6 +170,39 @@ def format_summary(rows: Sequence[ManifestRow], out_dir: Path | str = "") -> str
     lines = [head + (f" ({out_dir})" if out_dir else "")]
     for key, n in sorted(count_reasons(rows).items(), key=lambda kv: (VERDICTS.index(kv[0].split(":")[0]), -kv[1])):
         lines.append(f"  {key:<36} {n:>5}")
+    return "\n".join(lines)
+
+
+REASON_GROUPS_SHOWN = 8  # reason codes listed by nothing_kept_message (the rest: in the manifest)
+
+
+def nothing_kept_message(result: CollectResult) -> str:
+    """Why a collect run kept nothing: the inputs' reasons grouped by code (count, first example), and what
+    to put where, with the command that collects it."""
+    rows = result.rows
+    sources = [str(s) for s in result.sources] or sorted({r.source for r in rows if r.code.endswith("source")})
+    shown = " ".join(sources) or "data/raw"
+    where = sources[0] if len(sources) == 1 else f"the source folders ({', '.join(sources) or 'data/raw'})"
+    size = result.settings.get("resolution", 512)
+    groups: dict[str, list[ManifestRow]] = {}
+    for row in rows:
+        groups.setdefault(f"{row.verdict}: {row.code}", []).append(row)
+    head = (f"collect kept no images from {len(rows)} input{'s' if len(rows) != 1 else ''} of sources {sources}, "
+            f"so there is nothing to train on. The reasons, from {result.manifest_path}:")
+    lines = [head]
+    ordered = sorted(groups.items(), key=lambda kv: -len(kv[1]))
+    for _, members in ordered[:REASON_GROUPS_SHOWN]:
+        example = members[0]
+        more = f"; and {len(members) - 1} more like it" if len(members) > 1 else ""
+        lines.append(f"  {example.verdict} ({example.code}): {example.reason or example.source}{more}")
+    if len(ordered) > REASON_GROUPS_SHOWN:
+        lines.append(f"  ... {len(ordered) - REASON_GROUPS_SHOWN} more reasons in the manifest")
+    lines.append(
+        f"Put the style images (about 200, {size}² or larger, on white or black backgrounds; a caption .txt "
+        f"beside an image is optional) in {where}, or list their URLs in a .txt file there, then run 01_collect "
+        f"again; from the command line: `python -m cartoonify.collect {shown} --out {result.out_dir} --size {size}`."
+        f" (make_demo_data: true draws the package's demo images into the first source instead.)"
+    )
     return "\n".join(lines)
 
 

@@ -412,10 +412,11 @@ def collect_dataset(config: CollectConfig, *, fetch: Fetch | None = None, progre
     inputs = expand_sources(sources, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [process_input(item, state) for item in _progress(inputs, progress)]
-    return _finish(rows, state, record, progress)
+    return _finish(rows, state, record, progress, [str(s) for s in sources])
 
 
-def _finish(rows: list[ManifestRow], state: CollectState, record: dict, progress: bool) -> CollectResult:
+def _finish(rows: list[ManifestRow], state: CollectState, record: dict, progress: bool,
+            sources: list[str] | None = None) -> CollectResult:
     """Write the manifest, the contact sheet, the URL index and the settings; print the summary."""
     out_dir = state.out_dir
     manifest = write_manifest(out_dir / MANIFEST_NAME, rows)
@@ -431,6 +432,7 @@ def _finish(rows: list[ManifestRow], state: CollectState, record: dict, progress
         manifest_path=manifest,
         contact_sheet_path=sheet,
         settings=record,
+        sources=sources or [],
     )
     if progress:
         print(result.summary())
