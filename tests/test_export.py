@@ -337,7 +337,7 @@ def test_a_registered_format_is_offered_and_a_failed_write_leaves_nothing(tiny, 
         raise OSError("disk full")
 
     monkeypatch.setitem(FORMATS, "broken", broken)
-    assert "{broken,diffusers,single-file}" in build_parser().format_help()
+    assert "{broken,diffusers,lora,single-file}" in build_parser().format_help()
     with pytest.raises(OSError, match="disk full"):
         export_model(tiny["run"], "checkpoint-2", "broken", out=tmp_path / "x")
     assert not any(tmp_path.iterdir())
@@ -378,7 +378,8 @@ def test_cli_exports_and_refuses_bad_input_in_one_line(tiny, tmp_path, capsys):
     assert last.startswith("error: no checkpoint 'checkpoint-99'") and "checkpoint-2, checkpoint-4" in last
     capsys.readouterr()
     for argv, expected in [
-        (["checkpoint-2", "--run", str(run), "--format", "lora"], "unknown export format 'lora'"),
+        (["checkpoint-2", "--run", str(run), "--format", "ckpt"], "unknown export format 'ckpt'"),
+        (["checkpoint-2", "--run", str(run), "--format", "lora"], "holds full weights, not a LoRA adapter"),
         (["--run", str(tmp_path / "nowhere"), "--format", "diffusers"], "is not a training run"),
         (["checkpoint-2", "--format", "diffusers"], "give its run with --run"),
         (["checkpoint-2", "--run", str(run), "--dtype", "bf16"], "config key 'dtype'"),
