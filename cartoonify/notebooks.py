@@ -238,8 +238,6 @@ def run_notebooks(
     A failing notebook stops the sequence: papermill's ``PapermillExecutionError`` is raised with two more
     attributes, ``notebook`` (its name) and ``executed`` (the executed copy, which shows the failing cell).
     """
-    import papermill
-
     data = load_mapping(parameters) if not isinstance(parameters, dict) else dict(parameters)
     params = load_parameters({**data, **(overrides or {})})
     root = project_root()
@@ -258,38 +256,36 @@ def run_notebooks(
     for i, name in enumerate(names, 1):
         source = notebook_path(name)
         declared = declared_parameters(source)
-        given = {k: v for k, v in params.items() if k in declared}
-        target = out_dir / f"{name}.ipynb"
+        papermill_kwargs = dict(parameters={k: v for k, v in params.items() if k in declared}, kernel_name=kernel_name,
+                                cwd=str(root), progress_bar=False, log_output=log_output, execution_timeout=timeout)
         label = f"[{i}/{len(names)}] {name}"
-        terminal.line(f"{label}: started at {time.strftime('%H:%M:%S')}")
-        t0 = time.perf_counter()
-        out = NotebookEcho(name, terminal) if echo else None
-        try:
-            with Heartbeat(label, terminal, heartbeat):
-                papermill.execute_notebook(
-                    str(source),
-                    str(target),
-                    parameters=given,
-                    kernel_name=kernel_name,
-                    cwd=str(root),
-                    progress_bar=False,
-                    log_output=log_output,
-                    execution_timeout=timeout,
-                    stdout_file=out,
-                )
-        except Exception as err:
-            if out is not None:
-                out.close()
-            if type(err).__name__ == "PapermillExecutionError":
-                err.notebook, err.executed = name, target
-                terminal.line(f"{label}: stopped{_failed_cell(err)} after {format_elapsed(time.perf_counter() - t0)} "
-                              f"-> {target}")
-            raise
+        written.append(_execute(name, label, out_dir / f"{name}.ipynb", terminal, echo, heartbeat, papermill_kwargs))
+    return written
+
+
+def _execute(name: str, label: str, target: Path, terminal: Terminal, echo: bool, heartbeat: float,
+             papermill_kwargs: dict[str, Any]) -> Path:
+    """One notebook under papermill, its start, end (or failing cell) and heartbeats on the terminal, what it
+    prints echoed; a ``PapermillExecutionError`` gets ``notebook`` and ``executed`` attributes."""
+    import papermill
+
+    terminal.line(f"{label}: started at {time.strftime('%H:%M:%S')}")
+    t0 = time.perf_counter()
+    out = NotebookEcho(name, terminal) if echo else None
+    try:
+        with Heartbeat(label, terminal, heartbeat):
+            papermill.execute_notebook(str(notebook_path(name)), str(target), stdout_file=out, **papermill_kwargs)
+    except Exception as err:
+        if type(err).__name__ == "PapermillExecutionError":
+            err.notebook, err.executed = name, target
+            terminal.line(f"{label}: stopped{_failed_cell(err)} after {format_elapsed(time.perf_counter() - t0)} "
+                          f"-> {target}")
+        raise
+    finally:
         if out is not None:
             out.close()
-        terminal.line(f"{label}: done in {format_elapsed(time.perf_counter() - t0)} -> {target}")
-        written.append(target)
-    return written
+    terminal.line(f"{label}: done in {format_elapsed(time.perf_counter() - t0)} -> {target}")
+    return target
 
 
 def failure_message(err: Exception) -> tuple[str, int]:

@@ -82,9 +82,8 @@ def apply_checkpoint(pipe, checkpoint: str | Path | None, base_modules: dict[str
     pipeline can visit several checkpoints (``checkpoint`` None: the base model).
     """
     if base_modules is not None:
-        remove_lora(pipe.unet, pipe.text_encoder)
+        remove_lora(pipe.unet, pipe.text_encoder)  # a LoRA checkpoint's adapters sit on the base modules
         pipe.register_modules(**base_modules)
-        remove_lora(pipe.unet, pipe.text_encoder)
     if checkpoint is None:
         return
     if is_lora_checkpoint(checkpoint):

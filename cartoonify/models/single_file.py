@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import inspect
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..utils import atomic_write_with
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -350,19 +351,7 @@ def to_single_file(
     from safetensors.torch import save_file
 
     tensors = single_file_state_dict(unet, text_encoder, vae, dtype)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def _meta_modules(unet_config: Mapping[str, Any], vae_config: Mapping[str, Any], text_config: Any) -> tuple:

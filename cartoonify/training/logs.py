@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +53,25 @@ def read_loss_log(path: str | Path) -> list[dict[str, float]]:
     """Rows of a ``train_log.csv`` as floats (empty cells become NaN)."""
     with Path(path).open(newline="") as fh:
         return [{k: float(v) if v != "" else float("nan") for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def step_row(losses, grad_norm, accelerator, **fields: Any) -> dict[str, Any]:
+    """A step's log row: its micro-batches' (loss, instance loss, prior loss) averaged over the micro-batches
+    and the processes (so every process sees the same values and stops together on a non-finite loss), the
+    gradient norm, the wall time and ``fields`` (step, lr, epoch, skipped steps)."""
+    import torch
+
+    def mean(xs):
+        xs = [x for x in xs if x is not None]
+        if not xs:
+            return None
+        return float(accelerator.reduce(torch.stack(xs).float().mean(), reduction="mean"))
+
+    return {
+        **fields,
+        "loss": mean([l[0] for l in losses]),
+        "loss_instance": mean([l[1] for l in losses]),
+        "loss_prior": mean([l[2] for l in losses]),
+        "grad_norm": None if grad_norm is None else float(grad_norm),
+        "wall_time": round(time.time(), 3),
+    }

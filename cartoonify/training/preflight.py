@@ -209,37 +209,10 @@ def check_model(name: str, revision: str | None = None, variant: str | None = No
     hub id is downloaded on first use and is not checked). One paragraph per problem."""
     name = str(name)
     if name.startswith(EMBEDDED_PREFIX):
-        if name == TINY_RANDOM_MODEL:
-            return []
-        if name == TINY_MODEL:
-            if (EMBEDDED_TINY_DIR / "model_index.json").is_file():
-                return []
-            return [(
-                f"{key} '{name}': the embedded tiny model is missing from {EMBEDDED_TINY_DIR} (an incomplete "
-                f"checkout or install). Build it with `python -m cartoonify.training.basemodel --out "
-                f"{EMBEDDED_TINY_DIR}` (about 30 minutes on 2 CPU cores), or reinstall the package from a full clone."
-            )]
-        return [(
-            f"{key} '{name}' is no embedded model: the embedded ones are '{TINY_MODEL}' (pretrained, shipped with "
-            f"the package) and '{TINY_RANDOM_MODEL}' (random weights, for tests). Use one of them, a hub id such as "
-            f"stable-diffusion-v1-5/stable-diffusion-v1-5, or a local diffusers folder."
-        )]
+        return _check_embedded(name, key)
     local = _at(name, base)
     if local.exists():
-        if not local.is_dir():
-            return [(
-                f"{key} '{name}' is a file; training loads a diffusers pipeline folder (model_index.json, unet/, "
-                f"vae/, text_encoder/, tokenizer/, scheduler/). Convert a single-file checkpoint with diffusers' "
-                f"StableDiffusionPipeline.from_single_file(...).save_pretrained(folder) and point {key} at the folder."
-            )]
-        missing = missing_parts(local)
-        if not missing:
-            return []
-        return [(
-            f"{key} '{name}' is a folder but not a complete diffusers pipeline: it lacks {', '.join(missing)} "
-            f"(weights must be .safetensors). Save a pipeline there with `pipe.save_pretrained('{name}')`, or "
-            f"download one into it: `{_download_hint('<hub id>', variant, name)}`."
-        )]
+        return _check_folder(local, name, key, variant)
     looks_like_path = name.startswith((".", "/", "~")) or "\\" in name or not _HUB_ID.match(name)
     if looks_like_path:
         return [(
@@ -247,6 +220,45 @@ def check_model(name: str, revision: str | None = None, variant: str | None = No
             f"Point it at a diffusers pipeline folder, or at a hub id such as "
             f"stable-diffusion-v1-5/stable-diffusion-v1-5."
         )]
+    return _check_hub(name, revision, variant, key, local)
+
+
+def _check_embedded(name: str, key: str) -> list[str]:
+    if name == TINY_RANDOM_MODEL:
+        return []
+    if name == TINY_MODEL:
+        if (EMBEDDED_TINY_DIR / "model_index.json").is_file():
+            return []
+        return [(
+            f"{key} '{name}': the embedded tiny model is missing from {EMBEDDED_TINY_DIR} (an incomplete "
+            f"checkout or install). Build it with `python -m cartoonify.training.basemodel --out "
+            f"{EMBEDDED_TINY_DIR}` (about 30 minutes on 2 CPU cores), or reinstall the package from a full clone."
+        )]
+    return [(
+        f"{key} '{name}' is no embedded model: the embedded ones are '{TINY_MODEL}' (pretrained, shipped with "
+        f"the package) and '{TINY_RANDOM_MODEL}' (random weights, for tests). Use one of them, a hub id such as "
+        f"stable-diffusion-v1-5/stable-diffusion-v1-5, or a local diffusers folder."
+    )]
+
+
+def _check_folder(local: Path, name: str, key: str, variant: str | None) -> list[str]:
+    if not local.is_dir():
+        return [(
+            f"{key} '{name}' is a file; training loads a diffusers pipeline folder (model_index.json, unet/, "
+            f"vae/, text_encoder/, tokenizer/, scheduler/). Convert a single-file checkpoint with diffusers' "
+            f"StableDiffusionPipeline.from_single_file(...).save_pretrained(folder) and point {key} at the folder."
+        )]
+    missing = missing_parts(local)
+    if not missing:
+        return []
+    return [(
+        f"{key} '{name}' is a folder but not a complete diffusers pipeline: it lacks {', '.join(missing)} "
+        f"(weights must be .safetensors). Save a pipeline there with `pipe.save_pretrained('{name}')`, or "
+        f"download one into it: `{_download_hint('<hub id>', variant, name)}`."
+    )]
+
+
+def _check_hub(name: str, revision: str | None, variant: str | None, key: str, local: Path) -> list[str]:
     flag = hub_offline()
     if flag is None:
         return []  # online: downloaded (or found in the cache) on first use
@@ -255,9 +267,9 @@ def check_model(name: str, revision: str | None = None, variant: str | None = No
     get_it = (
         f"To get it once: log in if the model needs it (`hf auth login`, and accept its licence on its hub "
         f"page), then either put it in the cache with `{_download_hint(name, variant)}` (offline runs then find "
-        f"it), or download it to a folder with `{_download_hint(name, variant, folder)}` and set {key} to '{folder}' (in the parameters "
-        f"file, or `--{key} {folder}` on the command line). Or let it download on first use by running with the "
-        f"hub online ({flag}=0)."
+        f"it), or download it to a folder with `{_download_hint(name, variant, folder)}` and set {key} to "
+        f"'{folder}' (in the parameters file, or `--{key} {folder}` on the command line). Or let it download on "
+        f"first use by running with the hub online ({flag}=0)."
     )
     why = (f"the hub is offline ({flag}=1; `make` sets HF_HUB_OFFLINE=1 for `make demo` and `make test`, so "
            f"nothing is downloaded)")

@@ -36,7 +36,7 @@ from .errors import NonFiniteLossError, TrainingOutOfMemoryError, nonfinite_mess
 from .export import save_pipeline
 from .heldout import HeldoutMonitor
 from .setup import eager_unet
-from .logs import SCALARS, LossLog
+from .logs import SCALARS, LossLog, step_row
 from .lora import trainable_parameters
 from .objective import REGIONS, training_step
 from .validation import validate
@@ -104,6 +104,15 @@ def log_function(progress: bool):
             tqdm.write(msg)
 
     return log
+
+
+def init_trackers(accelerator, config: TrainConfig, global_step: int) -> None:
+    """TensorBoard with the run's settings as hyper-parameters; after a resume it drops the killed run's
+    events past the checkpoint (``purge_step``)."""
+    hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in config.to_dict().items()}
+    resuming = config.resume_from_checkpoint is not None
+    kwargs = {"tensorboard": {"purge_step": global_step + 1}} if resuming else {}
+    accelerator.init_trackers("dreambooth", config=hparams, init_kwargs=kwargs)
 
 
 class DreamBoothTrainer:
@@ -230,11 +239,7 @@ class DreamBoothTrainer:
         self.log(plan_message(plan, self.run_dir))
         check_disk(plan, self.run_dir, c.disk_check)
         if acc.is_main_process and c.report_to != "none":
-            hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in c.to_dict().items()}
-            # after a resume, TensorBoard drops the killed run's events past the checkpoint (purge_step)
-            resuming = c.resume_from_checkpoint is not None
-            kwargs = {"tensorboard": {"purge_step": self.global_step + 1}} if resuming else {}
-            acc.init_trackers("dreambooth", config=hparams, init_kwargs=kwargs)
+            init_trackers(acc, c, self.global_step)
         log = LossLog(self.layout.train_log, self.global_step) if acc.is_main_process else None
         result.log_csv = log.path if log else None
         if self.heldout_sets is not None and acc.is_main_process:
@@ -350,35 +355,19 @@ class DreamBoothTrainer:
         with eager_unet(self.unwrap(self.unet)):
             row = self.heldout_monitor.measure(self.unwrap(self.unet), self.unwrap(self.text_encoder),
                                                self.noise_scheduler, self.global_step, self.weight_dtype)
-        scalars = {f"heldout/{k}": row[f"heldout_{k}"] for k in ("instance", "class")}
-        self.accelerator.log({k: v for k, v in scalars.items() if v is not None}, step=self.global_step)
-        self.log(f"held-out loss at step {self.global_step}: "
-                 + ", ".join(f"{k} {v:.5f}" for k, v in scalars.items() if v is not None))
+        scalars = {f"heldout/{k}": v for k in ("instance", "class") if (v := row[f"heldout_{k}"]) is not None}
+        self.accelerator.log(scalars, step=self.global_step)
+        self.log(f"held-out loss at step {self.global_step}: " + ", ".join(f"{k} {v:.5f}" for k, v in scalars.items()))
         if result is not None:
             result.heldout_instance, result.heldout_class = row["heldout_instance"], row["heldout_class"]
         return row
 
     def _row(self, losses, grad_norm) -> dict[str, Any]:
-        """The log row of the step just taken; losses are averaged over micro-batches and processes (so
-        every process sees the same values and stops together on a non-finite loss)."""
-
-        def mean(xs):
-            xs = [x for x in xs if x is not None]
-            if not xs:
-                return None
-            return float(self.accelerator.reduce(torch.stack(xs).float().mean(), reduction="mean"))
-
-        return {
-            "step": self.global_step,
-            "loss": mean([l[0] for l in losses]),
-            "loss_instance": mean([l[1] for l in losses]),
-            "loss_prior": mean([l[2] for l in losses]),
-            "lr": self.lr_scheduler.get_last_lr()[0],
-            "grad_norm": None if grad_norm is None else float(grad_norm),
-            "epoch": (self.micro_step - 1) // self.sampler.batches_per_epoch,  # of the batches just trained
-            "skipped_steps": self.state.skipped_steps,
-            "wall_time": round(time.time(), 3),
-        }
+        """The log row of the step just taken (:func:`~cartoonify.training.logs.step_row`)."""
+        return step_row(losses, grad_norm, self.accelerator, step=self.global_step,
+                        lr=self.lr_scheduler.get_last_lr()[0],
+                        epoch=(self.micro_step - 1) // self.sampler.batches_per_epoch,  # of the batches just trained
+                        skipped_steps=self.state.skipped_steps)
 
     def _nonfinite(self, value: float, what: str = "loss") -> str:
         return nonfinite_message(self.config, self.global_step, self.accelerator.mixed_precision,
