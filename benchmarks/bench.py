@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", action="store_true", help="also profile the default (torch.profiler)")
     parser.add_argument("--budget", type=float, help="seconds: start no measurement after this, stop a running "
                         "one at it (results so far are kept: they are written after every variant and stage)")
-    parser.add_argument("--only", nargs="+", help="only these training variants")
+    parser.add_argument("--only", nargs="+", help="only these training variants, in this order (no parts unless --parts)")
+    parser.add_argument("--parts", action="store_true", help="with --only: measure the parts too (class images, "
+                        "optimizer step, validation)")
     parser.add_argument("--diffusers", help="a diffusers checkout (reference)")
     parser.add_argument("--ref-steps", type=int, nargs=2, default=[10, 60], metavar=("LO", "HI"))
     worker = parser.add_argument_group("worker process (internal)")

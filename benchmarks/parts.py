@@ -1,5 +1,5 @@
 """Measurements of the parts around the training step, each in its own worker process: class-image
-generation (batched vs diffusers' batch of 4), the 8-bit AdamW step (plain vs small tensors fused) and
+generation (diffusers' batch of 4 vs batched, compiled, fewer steps), the 8-bit AdamW step (plain vs small tensors fused) and
 validation sampling (modules in memory vs a pipeline reloaded from disk)."""
 
 from __future__ import annotations
@@ -12,25 +12,54 @@ from .common import per_second, sync, time_in_turns
 
 
 def measure_class_generation(
-    model: str, device, n: int = 16, batch_sizes=(4, 16), steps: int = 50, repeats: int = 2
+    model: str, device, n: int | None = None, steps: int = 50, fast=("dpmpp_2m", 25), repeats: int = 2,
 ) -> dict[str, Any]:
-    """Class-image generation images/s: diffusers' script (batch 4, the pipeline's defaults) vs batched."""
+    """Class-image images/s, each speed-up apart: diffusers' script (batch 4, the pipeline's sampler and 50
+    steps), batching alone (the batch the package picks: ``AUTO_BATCH_START``, capped by the count), the UNet
+    compiled as well (CUDA only: compiling on a CPU takes longer than it saves), and then fewer steps (``fast``:
+    a sampler and its step count). Each way takes its turn, repeatedly; speed-ups are ratios of images/s."""
     import torch
 
-    from cartoonify.models import load_pipeline, text_to_image
+    from cartoonify.data.prior import AUTO_BATCH_START
+    from cartoonify.models import load_pipeline, make_scheduler, text_to_image
 
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    pipe = load_pipeline(model, torch_dtype=dtype, safety_checker=False).to(device)
+    cuda = device.type == "cuda"
+    n = n or (32 if cuda else 8)
+    big = min(n, AUTO_BATCH_START.get(device.type, 8))
+    pipe = load_pipeline(model, torch_dtype=torch.float16 if cuda else torch.float32, safety_checker=False).to(device)
     pipe.set_progress_bar_config(disable=True)
-    for bs in batch_sizes:
-        text_to_image(pipe, "an illustration", list(range(bs)), num_inference_steps=2, batch_size=bs)  # warm-up
+    eager, base_scheduler = pipe.unet.forward, pipe.scheduler
+    compiled = torch.compile(pipe.unet.forward) if cuda else None
+    fast_scheduler = make_scheduler(fast[0], base_scheduler)
 
-    def generate(bs: int):
-        return lambda: text_to_image(pipe, "an illustration", list(range(n)), num_inference_steps=steps,
-                                     batch_size=bs)
+    def way(batch: int, n_steps: int, forward=None, scheduler=None):
+        def run():
+            if forward is not None:
+                pipe.unet.forward = forward
+            pipe.scheduler = scheduler or base_scheduler
+            try:
+                text_to_image(pipe, "an illustration", list(range(n)), num_inference_steps=n_steps, batch_size=batch)
+            finally:
+                pipe.unet.__dict__.pop("forward", None)  # the module's own (eager) forward again
+                pipe.scheduler = base_scheduler
+        return run
 
-    ways = {f"batch_{bs}": generate(bs) for bs in batch_sizes}
-    return per_second(n, time_in_turns(ways, device, repeats, warmup=False), "_images_per_s")
+    ways = {"batch_4": way(4, steps), f"batch_{big}": way(big, steps)}
+    last = f"batch_{big}"
+    if compiled is not None:
+        last = f"batch_{big}_compiled"
+        ways[last] = way(big, steps, compiled)
+    ways[f"{last}_{fast[0]}_{fast[1]}"] = way(big, fast[1], compiled, fast_scheduler)
+    for name, fn in ways.items():  # warm-up (compilation, the batch shapes)
+        fn()
+    assert pipe.unet.forward == eager  # every way put the eager forward back
+    rates = per_second(n, time_in_turns(ways, device, repeats, warmup=False), "_images_per_s")
+    names = list(ways)
+    speedups = {"batching": rates[f"{names[1]}_images_per_s"] / rates["batch_4_images_per_s"],
+                f"fewer_steps_{steps}_to_{fast[1]}": rates[f"{names[-1]}_images_per_s"] / rates[f"{names[-2]}_images_per_s"]}
+    if compiled is not None:
+        speedups["compilation"] = rates[f"{names[2]}_images_per_s"] / rates[f"{names[1]}_images_per_s"]
+    return {**rates, "images": n, "steps": steps, "fast": f"{fast[0]} at {fast[1]} steps", "speedup": speedups}
 
 
 def measure_optimizer_step(config, device, steps: int = 20) -> dict[str, Any]:

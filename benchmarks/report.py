@@ -58,7 +58,12 @@ def parts_markdown(results: dict[str, Any]) -> list[str]:
     """Class-image generation, the optimizer step and validation, where measured."""
     lines = []
     if "class_generation" in results:
-        lines += ["", "Class-image generation (50 steps): " + _rates(results["class_generation"])]
+        gen = results["class_generation"]
+        lines += ["", f"Class-image generation ({gen.get('images', '?')} images, {gen.get('steps', 50)} steps unless "
+                  "named): " + _rates(gen)]
+        if "speedup" in gen:
+            lines += ["", "Class-image speed-ups, each apart: " + ", ".join(
+                f"{k.replace('_', ' ')} {v:.2f}x" for k, v in gen["speedup"].items())]
     if "optimizer_step" in results and "adamw8bit_ms" in results["optimizer_step"]:
         op = results["optimizer_step"]
         lines += ["", (f"Optimizer step over {op['tensors']} tensors ({op['tensors_with_32bit_state']} with "

@@ -37,7 +37,7 @@ def measure(kind: str, config, args: argparse.Namespace) -> dict[str, Any]:
     if kind == "optimizer":
         return measure_optimizer_step(config, resolve_device())
     if kind == "class_generation":
-        return measure_class_generation(config.pretrained_model, resolve_device(), steps=args.steps)
+        return measure_class_generation(config.pretrained_model, resolve_device())
     if kind == "validation":
         return measure_validation(config, resolve_device())
     raise ValueError(f"unknown measurement {kind!r} (expected one of {', '.join(KINDS)})")

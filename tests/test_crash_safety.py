@@ -144,11 +144,24 @@ def test_sigkill_mid_step_then_resume_is_bit_identical(kill_config, uninterrupte
 
 
 def test_sigkill_during_a_checkpoint_write(kill_config, uninterrupted):
-    config = kill_config("insave")
+    config = kill_config("insave", background_saves=False)
     run = _kill(config, "in_save", 4, 2)  # after unet/ and text_encoder/ of checkpoint-4
     assert [p.name for p in list_checkpoints(run)] == ["checkpoint-2"]  # the partial save is not a checkpoint
     assert (run / "checkpoints" / ".tmp-checkpoint-4").is_dir()
     assert _logged_steps(run) == [1, 2, 3, 4] and _tb_steps(run) == [1, 2, 3, 4]
+    _resume_and_compare(config, uninterrupted)
+    assert not (run / "checkpoints" / ".tmp-checkpoint-4").exists()
+
+
+@pytest.mark.parametrize("after", [2, 5])  # after unet/ and text_encoder/; after the optimizer's files
+def test_sigkill_during_a_background_checkpoint_write(kill_config, uninterrupted, after):
+    """The writer thread is killed while training has already gone on to step 5: checkpoint-4 is not a
+    checkpoint (its temporary folder is), and the resumed run is bit-identical to the uninterrupted one."""
+    config = kill_config(f"inbackground{after}")
+    run = _kill(config, "in_background_save", 4, after)
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-2"]
+    assert (run / "checkpoints" / ".tmp-checkpoint-4").is_dir()
+    assert _logged_steps(run) in ([1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6])  # trained on while checkpoint-4 was written
     _resume_and_compare(config, uninterrupted)
     assert not (run / "checkpoints" / ".tmp-checkpoint-4").exists()
 
@@ -197,14 +210,16 @@ def test_out_of_memory_names_the_memory_settings(kill_config):
     assert verify_checkpoint(list_checkpoints(config.output_dir)[-1]) == []
 
 
-@pytest.mark.parametrize("kind", ["oserror", "safetensors"])
-def test_disk_full_during_a_save_keeps_the_previous_checkpoint(kill_config, kind):
+@pytest.mark.parametrize("kind,background", [("oserror", True), ("safetensors", True), ("oserror", False)])
+def test_disk_full_during_a_save_keeps_the_previous_checkpoint(kill_config, kind, background):
+    """In the background the error surfaces when the trainer next waits for the writer (here: the save at the
+    end of the run, step 5), with the same message."""
     from safetensors import SafetensorError
 
-    config = kill_config(f"full-{kind}", max_train_steps=5)
+    config = kill_config(f"full-{kind}-{background}", max_train_steps=5, background_saves=background)
 
     def full(trainer, path):
-        if trainer.global_step == 4:
+        if "checkpoint-4" in str(path):
             if kind == "safetensors":  # how safetensors reports ENOSPC
                 raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -214,6 +229,23 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(kill_config, kind
     run = Path(config.output_dir)
     assert [c.name for c in list_checkpoints(run)] == ["checkpoint-2"]
     assert not list((run / "checkpoints").glob(".tmp-*")) and verify_checkpoint(run / "checkpoints" / "checkpoint-2") == []
+
+
+def test_background_and_synchronous_saves_write_the_same_files(kill_config, uninterrupted):
+    """The uninterrupted run saved in the background (the default); the same run saving synchronously writes
+    every checkpoint file bit for bit the same."""
+    config = kill_config("synchronous", background_saves=False)
+    _trainer(config).run()
+    run = Path(config.output_dir)
+    assert _digest(run / "checkpoints" / f"checkpoint-{STEPS}") == uninterrupted["digest"]
+    straight = Path(kill_config("straight").output_dir)
+    for step in (2, 4):
+        a, b = run / "checkpoints" / f"checkpoint-{step}", straight / "checkpoints" / f"checkpoint-{step}"
+        files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+        assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+        for f in files:
+            if f.name != "checkpoint.json":  # the marker records the saving run's own optimizer name etc.
+                assert (a / f).read_bytes() == (b / f).read_bytes(), f
 
 
 def test_not_enough_disk_is_refused_before_training(kill_config, monkeypatch):

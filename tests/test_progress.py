@@ -74,6 +74,7 @@ def test_checkpoint_lines_and_the_step_after_a_checkpoint():
     progress.on_train_begin(trainer)
     assert lines == ["training: resumed at step 2/4"]
     _steps(progress, trainer, clock, 3, 3, seconds=1.0)
+    progress.on_checkpoint_captured(trainer, Path("/runs/x/checkpoints/checkpoint-3"))  # as the trainer calls them
     progress.on_checkpoint_saved(trainer, Path("/runs/x/checkpoints/checkpoint-3"))
     assert lines[-1] == "step 3/4  checkpoint-3 saved  elapsed 0:01"
     clock.now += 20  # checkpoint, validation and held-out loss
@@ -109,7 +110,8 @@ def test_progress_of_a_tiny_run(small_config):
     ticks = iter(range(10_000))
     lines = []
     progress = TrainingProgress(every=2, clock=lambda: float(next(ticks)), write=lines.append)
-    config = small_config(num_validation_images=0, report_to="none", save_final_pipeline=False)  # 4 steps
+    config = small_config(num_validation_images=0, report_to="none", save_final_pipeline=False,  # 4 steps
+                          background_saves=False)  # the saved lines at fixed points (background: the next test)
     result = build_trainer(config, progress=False, callbacks=[progress]).run()
     assert result.global_step == 4
     assert lines[0] == "training: 4 steps" and lines[-1].startswith("training done: step 4/4, 4 steps in")
@@ -124,3 +126,21 @@ def test_progress_of_a_tiny_run(small_config):
     step_2, step_4 = STEP_LINE.match(lines[1]), STEP_LINE.match(lines[4])
     assert step_2.group(4) == "1.00" and step_4.group(4) == "1.00"  # the steps after start and checkpoint: not rated
     assert "steps/s" not in lines[3] and float(step_2.group(3)) > 0 and float(step_4.group(3)) > 0
+
+
+def test_progress_with_background_saves(small_config):
+    """With checkpoints written in the background, each one's saved line still comes, once, after its step
+    and before the end; the step right after a checkpoint is still not rated."""
+    from cartoonify.training.run import build_trainer
+
+    lines = []
+    progress = TrainingProgress(every=0, write=lines.append)
+    config = small_config(num_validation_images=0, report_to="none", save_final_pipeline=False, max_train_steps=6)
+    build_trainer(config, progress=False, callbacks=[progress]).run()
+    saved = [i for i, line in enumerate(lines) if " saved " in line]
+    assert [lines[i].split()[2] for i in saved] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    for i, step in zip(saved, (2, 4, 6)):
+        assert int(lines[i].split()[1].split("/")[0]) >= step  # not before its step
+    assert saved[-1] < len(lines) - 1 and lines[-1].startswith("training done")
+    rated = [line for line in lines if line.startswith("step 3/6") or line.startswith("step 5/6")]
+    assert rated and all("steps/s" not in line for line in rated), rated

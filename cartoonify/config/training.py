@@ -27,6 +27,7 @@ TRAIN_MODES = ("full", "lora")
 # peft LoRA targets: the attention projections of the UNet (as diffusers' train_dreambooth_lora.py) and of CLIP
 LORA_UNET_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
 LORA_TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
@@ -76,7 +77,10 @@ class TrainConfig(ConfigBase):
     use_sdpa: bool = resumable(True)  # PyTorch scaled-dot-product attention (False: diffusers' classic attention)
     channels_last: bool = resumable(True)  # channels-last memory format for the UNet (CUDA)
     allow_tf32: bool = resumable(True)  # TF32 matmuls on Ampere and newer GPUs
-    compile_unet: bool = resumable(False)  # torch.compile the UNet
+    compile_unet: bool = resumable(False)  # torch.compile the UNet (training steps, and class images)
+    compile_mode: str = resumable("default")  # torch.compile mode; "reduce-overhead": with CUDA graphs
+    fused_backward_pass: bool = resumable(False)  # update each parameter in backward, free its gradient; clipping per parameter
+    background_saves: bool = resumable(True)  # checkpoints written by a thread while training goes on (one process)
 
     # --- optimizer -------------------------------------------------------------------------------
     use_8bit_adam: bool = True
@@ -88,7 +92,7 @@ class TrainConfig(ConfigBase):
     adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-2
     adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # global-norm clipping (per parameter with fused_backward_pass); 0: off
 
     # --- checkpoints and logs --------------------------------------------------------------------
     output_dir: str = resumable("outputs/disney")  # the run folder, outputs/<run>
@@ -119,6 +123,11 @@ class TrainConfig(ConfigBase):
 
     seed: int = 42
 
+    @property
+    def compile_options(self) -> dict:
+        """``torch.compile`` keyword arguments of ``compile_mode``."""
+        return {} if self.compile_mode == "default" else {"mode": self.compile_mode}
+
     def validate(self) -> "TrainConfig":
         """Check values that a type alone cannot (choices, positive counts). Returns self."""
         check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
@@ -127,12 +136,15 @@ class TrainConfig(ConfigBase):
         check_choice("report_to", self.report_to, ("tensorboard", "none"))
         check_choice("disk_check", self.disk_check, ("refuse", "warn", "off"))
         check_choice("train_mode", self.train_mode, TRAIN_MODES)
+        check_choice("compile_mode", self.compile_mode, COMPILE_MODES)
         check_choice("final_pipeline_precision", self.final_pipeline_precision, FINAL_PIPELINE_PRECISIONS)
         check_at_least(self, 1, "resolution", "train_batch_size", "max_train_steps", "gradient_accumulation_steps",
                        "checkpointing_steps", "keep_resume_states", "lora_rank", "class_inference_steps",
                        "validation_inference_steps")
         check_at_least(self, 0, "num_class_images", "num_validation_images", "lr_warmup_steps", "dataloader_num_workers",
                        "holdout_images")
+        if self.max_grad_norm < 0:
+            raise ConfigError(f"config key 'max_grad_norm' must be >= 0 (0: no clipping), got {self.max_grad_norm!r}")
         if self.learning_rate <= 0:
             raise ConfigError(f"config key 'learning_rate' must be > 0, got {self.learning_rate!r}")
         if self.sample_batch_size is not None and self.sample_batch_size < 1:

@@ -131,6 +131,8 @@ def ensure_class_images(config, device: str | torch.device | None = None, progre
     pipe.set_progress_bar_config(disable=True)
     if config.class_scheduler:
         pipe.scheduler = make_scheduler(config.class_scheduler, pipe.scheduler)
+    if config.compile_unet:
+        pipe.unet = torch.compile(pipe.unet, **config.compile_options)
     try:
         return generate_class_images(
             pipe,

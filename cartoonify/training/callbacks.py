@@ -27,10 +27,17 @@ class TrainerCallback:
         """After every optimizer step, with its log row (step, loss, lr, grad norm...)."""
 
     def on_checkpoint_file(self, trainer, path: Path) -> None:
-        """After each file or folder of a checkpoint is written (before the marker)."""
+        """After each file or folder of a checkpoint is written (before the marker). With ``background_saves``
+        it runs on the writer thread while training goes on: ``trainer.global_step`` may be past the
+        checkpoint's step (the path names it)."""
+
+    def on_checkpoint_captured(self, trainer, path: Path) -> None:
+        """After a checkpoint's state is captured and training may go on: with ``background_saves`` its files
+        are being written by the writer thread; without, they are already in place."""
 
     def on_checkpoint_saved(self, trainer, path: Path) -> None:
-        """After a checkpoint is complete and in place."""
+        """After a checkpoint is complete and in place (on the training thread; with ``background_saves``, at the
+        first step end after the write finished, or when the trainer waits for it)."""
 
     def on_validation_end(self, trainer, folder: Path) -> None:
         """After the validation images of a checkpoint (or of the base model, at the start) are written."""

@@ -22,6 +22,7 @@ and still resumes: its top level is its resume state. The folders themselves are
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import json
 import logging
@@ -49,8 +50,8 @@ from ..runs import (
     write_marker,
 )
 from ..utils import write_json
-from .lora import adapter_state, load_adapter_state, save_lora_file
-from .state import load_state, rng_states, save_state, set_rng_states
+from .lora import LORA_WEIGHTS, adapter_state, load_adapter_state, save_lora_file
+from .state import flatten_state, load_state, rng_states, save_flat_state, set_rng_states
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ EVALUATION_DTYPE = torch.float16  # the trained modules in unet/ and text_encode
 
 __all__ = ["CheckpointError", "CheckpointSaveError", "TrainState", "save_checkpoint", "restore_checkpoint",
            "prune_checkpoints", "drop_resume_states", "read_module_state", "rng_file", "cast_copy",
-           "record_default_dtype"]
+           "record_default_dtype", "capture_files"]
 
 
 class CheckpointSaveError(OSError):
@@ -116,13 +117,14 @@ def _atomic_replace(tmp: Path, final: Path, displaced: Path) -> None:
         os.replace(tmp, final)
 
 
-def cast_copy(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """A copy of ``module`` on the CPU with its floating-point parameters and buffers in ``dtype`` (others
-    keep theirs); ``module`` is untouched, and no second copy in its own precision is made."""
+def cast_copy(module: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn.Module:
+    """A copy of ``module`` on the CPU with its floating-point parameters and buffers in ``dtype`` (None:
+    each keeps its own; others keep theirs); ``module`` is untouched, and no second copy in its own precision
+    is made."""
     memo: dict[int, Any] = {}
     for t in itertools.chain(module.parameters(), module.buffers()):
         if id(t) not in memo:
-            new = t.detach().to("cpu", dtype if t.is_floating_point() else t.dtype, copy=True,
+            new = t.detach().to("cpu", dtype if dtype is not None and t.is_floating_point() else t.dtype, copy=True,
                                 memory_format=torch.contiguous_format)
             memo[id(t)] = torch.nn.Parameter(new, requires_grad=False) if isinstance(t, torch.nn.Parameter) else new
     return copy.deepcopy(module, memo)
@@ -153,46 +155,76 @@ def save_module(module: torch.nn.Module, folder: Path, dtype: torch.dtype | None
         record_default_dtype(folder)
 
 
-def _write_files(tmp: Path, parts: CheckpointParts, on_file: Callable[[Path], None]) -> None:
-    acc, resume = parts.accelerator, tmp / RESUME_DIR
+FileJob = tuple[str, Callable[[Path], None]]  # a path inside the checkpoint folder, and what writes it there
+
+
+def capture_files(parts: CheckpointParts, copy: bool) -> list[FileJob]:
+    """This process's files of a checkpoint, as jobs that write them. With ``copy`` every job holds a CPU copy
+    of its state taken now (a background writer then saves the state of this step while training goes on);
+    without, the full-weight jobs read the live modules when they run. Optimizer, LR scheduler, grad scaler and
+    random generators are always captured now (:func:`~cartoonify.training.state.flatten_state` copies)."""
+    acc, jobs = parts.accelerator, []
     if acc.is_main_process and parts.lora:
-        on_file(save_lora_file(tmp, parts.modules))  # for evaluation: diffusers' LoRA file (fp32, megabytes)
-        for name, module in parts.modules.items():  # for resuming: peft's state of each adapter
-            save_file(adapter_state(module), resume / lora_resume_file(name))
-            on_file(resume / lora_resume_file(name))
+        adapters = {name: {k: v.clone() for k, v in adapter_state(m).items()} for name, m in parts.modules.items()}
+        # for evaluation: diffusers' LoRA file (fp32, megabytes)
+        jobs.append((LORA_WEIGHTS, lambda path: save_lora_file(path.parent, parts.modules, adapters)))
+        for name, state in adapters.items():  # for resuming: peft's state of each adapter
+            jobs.append((f"{RESUME_DIR}/{lora_resume_file(name)}", functools.partial(_save_tensors, state)))
     elif acc.is_main_process:
-        for name, module in parts.modules.items():  # for evaluation
-            save_module(module, tmp / name, EVALUATION_DTYPE)
-            on_file(tmp / name)
-        for name, module in parts.modules.items():  # for resuming: the weights as they are trained (fp32)
-            save_module(module, resume / name)
-            on_file(resume / name)
-    if acc.is_main_process:
-        for name, state in (
-            (OPTIMIZER, parts.optimizer.state_dict()),
-            (LR_SCHEDULER, parts.lr_scheduler.state_dict()),
-            (GRAD_SCALER, parts.scaler.state_dict() if parts.scaler is not None else {}),
-        ):
-            save_state(resume, name, state)
-            on_file(resume / name)
-    save_state(resume, rng_file(acc.process_index), rng_states(parts.generator))
-    on_file(resume / rng_file(acc.process_index))
+        sources = {name: cast_copy(m, None) if copy else m for name, m in parts.modules.items()}
+        for name, source in sources.items():  # for evaluation
+            jobs.append((name, functools.partial(save_module, source, dtype=EVALUATION_DTYPE)))
+        for name, source in sources.items():  # for resuming: the weights as they are trained (fp32)
+            jobs.append((f"{RESUME_DIR}/{name}", functools.partial(save_module, source)))
+    named = [(OPTIMIZER, parts.optimizer.state_dict()), (LR_SCHEDULER, parts.lr_scheduler.state_dict()),
+             (GRAD_SCALER, parts.scaler.state_dict() if parts.scaler is not None else {})] if acc.is_main_process else []
+    named.append((rng_file(acc.process_index), rng_states(parts.generator)))
+    for name, state in named:
+        flat = flatten_state(copy_state(state))
+        jobs.append((f"{RESUME_DIR}/{name}", functools.partial(_save_flat, flat)))
+    return jobs
+
+
+def copy_state(state: Any) -> Any:
+    """A deep copy of a state dict's Python structure (the LR scheduler's lists change in place); tensors are
+    copied by :func:`~cartoonify.training.state.flatten_state`."""
+    if isinstance(state, dict):
+        return {k: copy_state(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(copy_state(v) for v in state)
+    return state
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    save_file(tensors, str(path))
+
+
+def _save_flat(flat: tuple[Any, dict[str, torch.Tensor]], path: Path) -> None:
+    save_flat_state(path.parent, path.name, *flat)
+
+
+def _write_files(tmp: Path, jobs: list[FileJob], on_file: Callable[[Path], None]) -> None:
+    for name, write in jobs:
+        write(tmp / name)
+        on_file(tmp / name)
 
 
 def save_checkpoint(
     layout: RunLayout, parts: CheckpointParts, state: TrainState, info: dict[str, Any],
-    on_file: Callable[[Path], None] = lambda path: None,
+    on_file: Callable[[Path], None] = lambda path: None, jobs: list[FileJob] | None = None,
 ) -> Path:
     """Save the trained modules (fp16, for evaluation) and the full resume state (``resume/``) to
     ``checkpoints/checkpoint-<step>``, atomically.
 
-    ``on_file`` is called after each file or folder is written (instrumentation, fault injection). A write
-    error (a full disk) removes the temporary folder, leaves every earlier checkpoint as it was, and raises
-    :class:`CheckpointSaveError`.
+    ``jobs`` are the files :func:`capture_files` captured (None: captured now, reading the live modules; a
+    background writer passes the copies it was handed). ``on_file`` is called after each file or folder is
+    written (instrumentation, fault injection). A write error (a full disk) removes the temporary folder,
+    leaves every earlier checkpoint as it was, and raises :class:`CheckpointSaveError`.
     """
     from safetensors import SafetensorError
 
     acc, step = parts.accelerator, state.global_step
+    jobs = capture_files(parts, copy=False) if jobs is None else jobs
     final, tmp = layout.checkpoint(step), layout.partial_checkpoint(step)
     if acc.is_main_process:
         layout.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -203,7 +235,7 @@ def save_checkpoint(
     acc.wait_for_everyone()
     error: BaseException | None = None
     try:
-        _write_files(tmp, parts, on_file)
+        _write_files(tmp, jobs, on_file)
     except (OSError, SafetensorError) as err:  # safetensors reports a full disk as SafetensorError
         error = err
     _agree_or_fail(layout, tmp, step, error, acc)  # every process learns of a failure on any one

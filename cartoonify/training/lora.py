@@ -83,14 +83,16 @@ def load_adapter_state(module, state: dict[str, torch.Tensor], where: str) -> No
     set_peft_model_state_dict(module, state)
 
 
-def save_lora_file(folder: Path, modules: dict[str, Any]) -> Path:
-    """Write diffusers' LoRA file of the modules' adapters (fp32) into ``folder``; returns the file."""
+def save_lora_file(folder: Path, modules: dict[str, Any], states: dict[str, dict] | None = None) -> Path:
+    """Write diffusers' LoRA file of the modules' adapters (fp32) into ``folder``; returns the file.
+    ``states``: the adapters' peft state dicts by module name, captured earlier (None: read now)."""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
 
     kwargs = {}
     for name, module in modules.items():
-        kwargs[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(adapter_state(module))
+        state = adapter_state(module) if states is None else states[name]
+        kwargs[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(dict(state))
         meta = module.peft_config["default"].to_dict()  # target_modules is a set: sorted, for a stable file
         kwargs[f"{name}_lora_adapter_metadata"] = {k: sorted(v) if isinstance(v, set) else v for k, v in meta.items()}
     StableDiffusionPipeline.save_lora_weights(str(folder), safe_serialization=True, **kwargs)

@@ -42,13 +42,35 @@ def fused_small_class() -> type:
     class AdamW8bitFusedSmall(bnb.optim.AdamW8bit):
         """AdamW8bit whose 32-bit-state tensors are updated together by torch's fused AdamW.
 
-        Tensors with 8-bit state, and any tensor whose settings torch's AdamW has no equivalent for
+        bitsandbytes' own step also waits for the device after every tensor; this one does not (it is
+        needed for paged state only). Tensors with 8-bit state, and any tensor whose settings torch's AdamW has no equivalent for
         (``max_unorm``, ``skip_zeros``, a non-fp32 parameter), go through bitsandbytes as before.
         """
 
+        @torch.no_grad()
         def step(self, closure=None):
+            """bitsandbytes' step without its device synchronisation after every tensor (which only paged
+            state needs: a paged optimizer takes bitsandbytes' own loop); the 32-bit tensors are deferred to
+            one fused call."""
             self._deferred: dict[tuple, list[torch.Tensor]] = {}
-            loss = super().step(closure)  # calls update_step per tensor; the 32-bit ones are deferred
+            if self.is_paged:
+                loss = super().step(closure)
+            else:
+                loss = None
+                if closure is not None:
+                    with torch.enable_grad():
+                        loss = closure()
+                if not self.initialized:
+                    self.check_overrides()
+                    self.to_gpu()
+                    self.initialized = True
+                for gindex, group in enumerate(self.param_groups):
+                    for pindex, p in enumerate(group["params"]):
+                        if p.grad is None:
+                            continue
+                        if len(self.state[p]) == 0:
+                            self.init_state(group, p, gindex, pindex)
+                        self.update_step(group, p, gindex, pindex)
             self._step_deferred()
             return loss
 

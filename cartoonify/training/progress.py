@@ -95,11 +95,14 @@ class TrainingProgress(TrainerCallback):
         if now - self.last_line >= self.every or self.step >= self.total:
             self._step_line(now)
 
+    def on_checkpoint_captured(self, trainer, path) -> None:
+        self.after_checkpoint = True  # the next step also waits for the save, validation and the held-out loss
+
     def on_checkpoint_saved(self, trainer, path) -> None:
+        """With background saves this comes a step or more after the checkpoint's own step."""
         name = getattr(path, "name", str(path))
         elapsed = format_duration(self.clock() - self.started)
         self._emit(f"step {self.step}/{self.total}  {name} saved  elapsed {elapsed}")
-        self.after_checkpoint = True  # the next step also waits for validation and the held-out loss
 
     def on_train_end(self, trainer) -> None:
         steps = self.step - self.start_step

@@ -25,6 +25,7 @@ from ..models import (
     resolve_model,
 )
 from .disk import human_bytes
+from .fused import FusedBackward
 from .heldout import Holdout, build_heldout_sets, check_holdout_size, prepare_holdout
 from .lora import add_lora, trainable_parameters
 from .objective import LatentCache
@@ -32,6 +33,7 @@ from .optim import build_optimizer
 from .preflight import preflight
 from .setup import (
     apply_speed_settings,
+    check_fused_backward,
     check_launch,
     check_run_dir,
     record_run,
@@ -125,6 +127,7 @@ def build_components(config: TrainConfig, acc, model_path: str, progress: bool =
                                  num_training_steps=c.max_train_steps * acc.num_processes)
     optimizer_name = f"{type(optimizer).__module__}.{type(optimizer).__name__}"
     *trained, optimizer, lr_scheduler = acc.prepare(*trained, optimizer, lr_scheduler)
+    fused = FusedBackward(optimizer.optimizer, c.max_grad_norm, acc.scaler) if c.fused_backward_pass else None
     vae, text_encoder = parts["vae"], trained[1] if c.train_text_encoder else parts["text_encoder"]
     move_module(vae, acc.device, weight_dtype)
     if not c.train_text_encoder:
@@ -141,7 +144,7 @@ def build_components(config: TrainConfig, acc, model_path: str, progress: bool =
         validation_scheduler=validation_scheduler, vae=vae, unet=trained[0], text_encoder=text_encoder,
         trained=trained, optimizer=optimizer, lr_scheduler=lr_scheduler, dataset=dataset, sampler=sampler,
         dataloader=loader, latent_cache=cache, safety_checker=checker, feature_extractor=extractor,
-        weight_dtype=weight_dtype, optimizer_name=optimizer_name, heldout_sets=heldout,
+        weight_dtype=weight_dtype, optimizer_name=optimizer_name, heldout_sets=heldout, fused_backward=fused,
     )
 
 
@@ -157,6 +160,7 @@ def build_trainer(config: TrainConfig, *, progress: bool = True, callbacks: Sequ
     model_path = resolve_model(config.pretrained_model, config.resolution)
     acc = _accelerator(config, run_dir)
     check_launch(acc.num_processes)  # before anything is written
+    check_fused_backward(config, acc.num_processes)
     if acc.is_main_process:
         record_run(config, run_dir)
     set_seed(config.seed)

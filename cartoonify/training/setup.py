@@ -30,7 +30,7 @@ def apply_speed_settings(config: TrainConfig, unet, device: torch.device) -> Non
         torch.backends.cudnn.allow_tf32 = True
     if config.compile_unet:  # the training step only: validation and the held-out loss run eager (eager_unet)
         unet._eager_forward = unet.forward
-        unet.forward = torch.compile(unet.forward)
+        unet.forward = torch.compile(unet.forward, **config.compile_options)
 
 
 @contextmanager
@@ -140,4 +140,15 @@ def check_launch(num_processes: int, environ=os.environ) -> None:
             "accelerate (`accelerate config`, then `accelerate launch --multi_gpu --num_processes N -m "
             "cartoonify.train ...`), or on CPUs with `ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N -m "
             "cartoonify.train ...`; for one process, run `python -m cartoonify.train ...` without a launcher."
+        )
+
+
+def check_fused_backward(config: TrainConfig, num_processes: int) -> None:
+    """``fused_backward_pass`` needs one process: under DDP a gradient is averaged across processes only after
+    its hook has updated the parameter (:mod:`cartoonify.training.fused`)."""
+    if config.fused_backward_pass and num_processes > 1:
+        raise ConfigError(
+            f"config key 'fused_backward_pass' works with one process, this launch has {num_processes}: each "
+            "process would update its parameters with its own, unaveraged gradients; nothing was written. "
+            "Set fused_backward_pass: false (the default) to train with several processes."
         )

@@ -69,10 +69,14 @@ def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 def save_state(folder: str | Path, name: str, state: Any) -> list[Path]:
     """Write ``state`` as ``<name>.safetensors`` (its tensors) and ``<name>.json`` (the rest)."""
+    return save_flat_state(folder, name, *flatten_state(state))
+
+
+def save_flat_state(folder: str | Path, name: str, skeleton: Any, tensors: dict[str, torch.Tensor]) -> list[Path]:
+    """:func:`save_state` of a state already split by :func:`flatten_state`."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    skeleton, tensors = flatten_state(state)
     written = [write_json(folder / f"{name}.json", skeleton)]
     if tensors:
         save_file(tensors, str(folder / f"{name}.safetensors"))

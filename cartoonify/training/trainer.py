@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,14 @@ from torch.profiler import record_function
 from ..config import TrainConfig
 from ..models import make_scheduler, move_module, pipeline_from_modules
 from ..runs import RunLayout, list_checkpoints
+from .background import BackgroundSaver
 from .callbacks import CallbackList
 from .checkpoint import (
     TEXT_ENCODER,
     UNET,
     CheckpointParts,
     TrainState,
+    capture_files,
     drop_resume_states,
     prune_checkpoints,
     restore_checkpoint,
@@ -91,6 +93,7 @@ class TrainComponents:
     weight_dtype: torch.dtype = torch.float32
     optimizer_name: str = ""
     heldout_sets: Any = None  # the held-out loss's fixed inputs (main process; None when off)
+    fused_backward: Any = None  # fused_backward_pass: the hooks that update each parameter in backward
 
 
 def log_function(progress: bool):
@@ -130,6 +133,8 @@ class DreamBoothTrainer:
         self.progress = progress
         self.state = TrainState()
         self.resumed_from: Path | None = None
+        background = config.background_saves and components.accelerator.num_processes == 1
+        self.saver = BackgroundSaver() if background else None
         self.heldout_monitor: HeldoutMonitor | None = None
         acc = components.accelerator
         self.generator = torch.Generator(device=acc.device).manual_seed(config.seed + acc.process_index)
@@ -171,16 +176,40 @@ class DreamBoothTrainer:
 
     def save_checkpoint(self) -> Path:
         """Save ``checkpoints/checkpoint-<step>`` (fp16 weights and the full resume state), then prune old
-        checkpoints and drop the resume state of all but the newest ``keep_resume_states``."""
+        checkpoints and drop the resume state of all but the newest ``keep_resume_states``. With
+        ``background_saves`` (one process) the state is captured now and written by a thread while training
+        goes on (:mod:`cartoonify.training.background`); the folder is returned before it exists."""
+        self.collect_saves(wait=True)  # one write in flight at a time
         info = {"epoch": self.epoch, "optimizer": self.optimizer_name}
-        path = save_checkpoint(self.layout, self._parts(), self.state, info,
+        parts, state = self._parts(), replace(self.state)
+        path = self.layout.checkpoint(state.global_step)
+        if self.saver is not None:
+            jobs = capture_files(parts, copy=True)
+            self.saver.submit(lambda: self._write_checkpoint(parts, state, info, jobs))
+            self.callbacks.fire("on_checkpoint_captured", self, path)
+            return path
+        self._write_checkpoint(parts, state, info, None)
+        self.accelerator.wait_for_everyone()
+        self.callbacks.fire("on_checkpoint_captured", self, path)
+        self.callbacks.fire("on_checkpoint_saved", self, path)
+        return path
+
+    def _write_checkpoint(self, parts: CheckpointParts, state: TrainState, info: dict, jobs) -> Path:
+        path = save_checkpoint(self.layout, parts, state, info, jobs=jobs,
                                on_file=lambda p: self.callbacks.fire("on_checkpoint_file", self, p))
         if self.accelerator.is_main_process:
             prune_checkpoints(self.layout, self.config.checkpoints_total_limit)
             drop_resume_states(self.layout, self.config.keep_resume_states)
-        self.accelerator.wait_for_everyone()
-        self.callbacks.fire("on_checkpoint_saved", self, path)
         return path
+
+    def collect_saves(self, wait: bool = False) -> None:
+        """Collect a finished background write (``wait``: wait for the one in flight): ``on_checkpoint_saved``
+        fires, and a write error is raised here."""
+        if self.saver is None:
+            return
+        path = self.saver.wait() if wait else self.saver.poll()
+        if path is not None:
+            self.callbacks.fire("on_checkpoint_saved", self, path)
 
     def _resume(self, which: str) -> None:
         restored = restore_checkpoint(self.layout, which, self._parts(), self.model_path, self.config.allow_pickle,
@@ -254,6 +283,7 @@ class DreamBoothTrainer:
             self._train_loop(result, log)
             if result.steps_run and self.global_step % c.checkpointing_steps != 0:
                 self._checkpoint_and_validate(result)  # the end of a run off the checkpoint grid
+            self.collect_saves(wait=True)
             if c.save_final_pipeline and acc.is_main_process:
                 result.pipeline_dir = self.save_pipeline()
             if acc.is_main_process and not c.keep_resume_at_end and self.global_step >= c.max_train_steps:
@@ -261,8 +291,12 @@ class DreamBoothTrainer:
             acc.wait_for_everyone()
             self.callbacks.fire("on_train_end", self)
         except torch.cuda.OutOfMemoryError as err:
+            self._finish_saves_quietly()
             raise TrainingOutOfMemoryError(
                 oom_message(c, self.global_step, list_checkpoints(self.run_dir), err)) from err
+        except BaseException:
+            self._finish_saves_quietly()  # a checkpoint being written is completed before the error propagates
+            raise
         finally:
             for csv_log in (log, self.heldout_monitor):
                 if csv_log:
@@ -270,6 +304,12 @@ class DreamBoothTrainer:
             acc.end_training()
         result.global_step = self.global_step
         return result
+
+    def _finish_saves_quietly(self) -> None:
+        try:
+            self.collect_saves(wait=True)
+        except Exception as err:  # the error already propagating is the one to report
+            logger.error("the checkpoint being written in the background failed too: %s", err)
 
     def _train_loop(self, result: TrainResult, log: LossLog | None) -> None:
         from tqdm.auto import tqdm
@@ -298,6 +338,7 @@ class DreamBoothTrainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
                 self.callbacks.fire("on_step_end", self, row)
+                self.collect_saves()  # a background write that has finished
                 if self.global_step % c.checkpointing_steps == 0:
                     self._checkpoint_and_validate(result)
         finally:
@@ -305,7 +346,7 @@ class DreamBoothTrainer:
 
     def _optimizer_step(self, data, params) -> tuple[list, Any]:
         """The micro-batches of one optimizer step; returns their losses and the gradient norm."""
-        c, acc = self.config, self.accelerator
+        c, acc, fused = self.config, self.accelerator, self.fused_backward
         losses, grad_norm = [], None
         while True:
             with record_function(REGIONS["data"]):
@@ -318,19 +359,22 @@ class DreamBoothTrainer:
                     with_prior_preservation=c.with_prior_preservation, prior_loss_weight=c.prior_loss_weight,
                 )
                 loss = self.callbacks.transform_loss(self, loss)
+                if fused is not None:
+                    fused.arm(acc.sync_gradients)  # the last micro-batch: each parameter updated in backward
                 with record_function(REGIONS["backward"]):
                     acc.backward(loss)
                 self.callbacks.fire("on_after_backward", self)
                 if acc.sync_gradients:
-                    with record_function(REGIONS["clip"]):
-                        grad_norm = acc.clip_grad_norm_(params, c.max_grad_norm)
+                    grad_norm = self._clip(params) if fused is None else fused.finish()
                     if acc.scaler is None and not torch.isfinite(grad_norm):
                         # without a grad scaler to skip it, this update would write NaN into the weights
                         self.state.global_step += 1
                         raise NonFiniteLossError(self._nonfinite(float(grad_norm), "gradient norm"))
-                with record_function(REGIONS["optimizer"]):
-                    self.optimizer.step()
-                if acc.sync_gradients and self.optimizer.step_was_skipped:
+                if fused is None:
+                    with record_function(REGIONS["optimizer"]):
+                        self.optimizer.step()
+                skipped = self.optimizer.step_was_skipped if fused is None else fused.skipped
+                if acc.sync_gradients and skipped:
                     self.state.skipped_steps += 1  # the fp16 grad scaler found inf/NaN gradients
                 self.lr_scheduler.step()
                 with record_function(REGIONS["zero_grad"]):
@@ -340,9 +384,19 @@ class DreamBoothTrainer:
             if acc.sync_gradients:
                 return losses, grad_norm
 
+    def _clip(self, params) -> torch.Tensor:
+        """Global-norm clipping to ``max_grad_norm`` (0: none); returns the norm before clipping."""
+        with record_function(REGIONS["clip"]):
+            if self.config.max_grad_norm > 0:
+                return self.accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
+            self.accelerator.unscale_gradients()
+            return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float())
+                                                         for p in params if p.grad is not None]))
+
     def _checkpoint_and_validate(self, result: TrainResult) -> None:
         result.checkpoints.append(self.save_checkpoint())
-        self.log(f"saved {result.checkpoints[-1]}")
+        how = "being written in the background" if self.saver is not None else "saved"
+        self.log(f"{result.checkpoints[-1]} {how}")
         self.measure_heldout(result)
         if self.config.num_validation_images and self.accelerator.is_main_process:
             result.validation_dirs.append(self.validate())
