@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", nargs="+", help="only these training variants, in this order (no parts unless --parts)")
     parser.add_argument("--parts", action="store_true", help="with --only: measure the parts too (class images, "
                         "optimizer step, validation)")
+    parser.add_argument("--resolution", type=int, help="sd15: train at this resolution instead of 512")
+    parser.add_argument("--allow-cpu", action="store_true", help="sd15 without a GPU (slow: for memory figures, "
+                        "with --resolution)")
     parser.add_argument("--diffusers", help="a diffusers checkout (reference)")
     parser.add_argument("--ref-steps", type=int, nargs=2, default=[10, 60], metavar=("LO", "HI"))
     worker = parser.add_argument_group("worker process (internal)")
@@ -75,8 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.config == "sd15" or (args.config == "recipe" and args.model == "sd15"):
         import torch
 
-        if not torch.cuda.is_available():
-            print("error: the sd15 benchmark needs a CUDA GPU", file=sys.stderr)
+        if not torch.cuda.is_available() and not args.allow_cpu:
+            print("error: the sd15 benchmark needs a CUDA GPU (--allow-cpu to run it anyway)", file=sys.stderr)
             return 2
     from .record import Recorder
 

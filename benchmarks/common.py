@@ -29,12 +29,50 @@ def is_cuda(device) -> bool:
 
 
 def peak_memory_bytes(device) -> int:
-    """CUDA: max allocated since the last reset; CPU: this process's peak resident set size."""
+    """CUDA: max allocated since the last reset; CPU: this process's peak resident set size since the last
+    reset (Linux; elsewhere since the process started)."""
     import torch
 
     if is_cuda(device):
         return int(torch.cuda.max_memory_allocated())
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
+    except (OSError, StopIteration, ValueError):
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def heap_in_use_bytes() -> int | None:
+    """Bytes the C heap holds in live allocations now (glibc's ``mallinfo2``: in-use chunks plus mmapped
+    blocks), where CPU tensors live; None where it is not available. Unlike the resident size it falls when a
+    tensor is freed, so it shows what a point of a step holds."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                          "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+    except (OSError, AttributeError):
+        return None
+    info = libc.mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
+def reset_peak_memory(device) -> None:
+    """Start the peak memory afresh: CUDA's allocator statistics, or on Linux the process's resident peak
+    (writing 5 to /proc/self/clear_refs resets VmHWM to the current resident size)."""
+    import torch
+
+    if is_cuda(device):
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux: the peak since the process started
 
 
 def sync(device) -> None:

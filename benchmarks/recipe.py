@@ -54,6 +54,14 @@ class StageClock(TrainerCallback):
         self.final = self._now(trainer) - self._mark  # the final pipeline (and anything after the last step)
 
 
+def save_times(trainer, clock: StageClock) -> dict[str, Any]:
+    """Whether checkpoints were written in the background, the seconds of writing, and of waiting for it."""
+    saver = trainer.checkpointer.saver
+    if saver is None:
+        return {"background": False, "write_seconds": sum(clock.saves), "waited_seconds": 0.0}
+    return {"background": True, "write_seconds": sum(saver.write_seconds), "waited_seconds": saver.wait_seconds}
+
+
 def measure_recipe(config) -> dict[str, Any]:
     """Run :data:`SCALED` on ``config`` (its class folder emptied first) and time every stage."""
     from cartoonify.data.prior import ensure_class_images
@@ -76,10 +84,7 @@ def measure_recipe(config) -> dict[str, Any]:
             "class_images": {"seconds": class_s, "count": len(made), "steps": config.class_inference_steps},
             "setup": {"seconds": setup_s},
             "training_steps": {"seconds": result.train_seconds, "count": result.steps_run},
-            "checkpoint_saves": {"seconds": sum(clock.saves), "count": len(clock.saves),
-                                 "background": trainer.saver is not None,
-                                 "write_seconds": sum(trainer.saver.write_seconds) if trainer.saver else sum(clock.saves),
-                                 "waited_seconds": trainer.saver.wait_seconds if trainer.saver else 0.0},
+            "checkpoint_saves": {"seconds": sum(clock.saves), "count": len(clock.saves), **save_times(trainer, clock)},
             "validation": {"seconds": sum(clock.validations), "count": len(clock.validations),
                            "images_each": config.num_validation_images},
             "final_pipeline": {"seconds": clock.final},

@@ -43,14 +43,21 @@ def reference_markdown(results: dict[str, Any]) -> list[str]:
 
 def training_table(results: dict[str, Any]) -> list[str]:
     """One row per training variant: steps/s, images/s, peak memory, MFU."""
-    lines = ["| variant | steps/s | images/s | peak memory | MFU |", "| --- | --- | --- | --- | --- |"]
+    held = any("held_after_backward_bytes" in row for row in results["training"])
+    extra = (" held after backward |", " --- |") if held else ("", "")
+    lines = [f"| variant | steps/s | images/s | peak memory | MFU |{extra[0]}", f"| --- | --- | --- | --- | --- |{extra[1]}"]
     for row in results["training"]:
         if "error" in row:
-            lines.append(f"| {row['variant']} | error | | | |")
+            lines.append(f"| {row['variant']} | error | | | |{' |' if held else ''}")
             continue
         mfu = f"{row['mfu'] * 100:.1f}%" if "mfu" in row else ""
+        after = f" {_mb(row.get('held_after_backward_bytes'))} |" if held else ""
         lines.append(f"| {row['variant']} | {row['steps_per_s']:.2f} | {row['images_per_s']:.1f} | "
-                     f"{_mb(row['peak_memory_bytes'])} | {mfu} |")
+                     f"{_mb(row['peak_memory_bytes'])} | {mfu} |{after}")
+    if held:
+        lines += ["", "Peak memory on a CPU: the resident peak of the training steps (reset after loading); held after "
+                  "backward: the most the heap held at the end of a backward pass (glibc mallinfo2), where the "
+                  "gradients of a plain step are all alive."]
     return lines
 
 

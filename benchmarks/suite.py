@@ -61,6 +61,8 @@ def merge_rounds(results: list[dict]) -> dict[str, Any]:
     row = {**ok[-1], "steps_per_s_repeats": [rate for x in ok for rate in x["steps_per_s_repeats"]],
            "step_seconds": seconds, "steps_per_s": 1.0 / statistics.median(seconds),
            "peak_memory_bytes": max(x["peak_memory_bytes"] for x in ok)}
+    if all("held_after_backward_bytes" in x for x in ok):
+        row["held_after_backward_bytes"] = max(x["held_after_backward_bytes"] for x in ok)
     row["images_per_s"] = row["steps_per_s"] * ok[-1]["images_per_s"] / ok[-1]["steps_per_s"]
     if "mfu" in row:
         row["mfu"] = row["flops_per_step"] * row["steps_per_s"] / max(x["peak_flops_per_s"] for x in ok)
@@ -109,11 +111,15 @@ def run_parts(config, args: argparse.Namespace, recorder: Recorder) -> None:
 def run_suite(args: argparse.Namespace, recorder: Recorder) -> dict[str, Any]:
     """All variants of ``args.config`` ("tiny" or "sd15"), each in its own process; the results are written
     by ``recorder`` as they come."""
+    import torch
+
     work = Path(args.work or tempfile.mkdtemp(prefix="cartoonify-bench-")).resolve()
     paths = prepare_tiny(work)
     if args.config == "sd15":
         paths["model"] = prepare_sd15(work)
     config = base_config(args.config, paths)
+    if getattr(args, "resolution", None):
+        config = config.replace(resolution=args.resolution)
     variants = TINY_VARIANTS if args.config == "tiny" else SD15_VARIANTS
     if args.only:  # in the order given
         unknown = [k for k in args.only if k not in variants]
@@ -122,7 +128,7 @@ def run_suite(args: argparse.Namespace, recorder: Recorder) -> dict[str, Any]:
         variants = {k: variants[k] for k in args.only}
     recorder.update(config=args.config, settings=recorded_settings(args, config), environment=environment(),
                     training=[])
-    run_variants(variants, config, args, recorder, flops=args.config == "sd15")
+    run_variants(variants, config, args, recorder, flops=args.config == "sd15" and torch.cuda.is_available())
     if args.profile and not recorder.skip("profile"):
         print(f"[{args.config}] profile of the default ...", flush=True)
         recorder.update(profile=run_worker("profile", "default", config, {}, args, timeout=recorder.remaining()))

@@ -10,7 +10,7 @@ from typing import Any
 
 from cartoonify.training.callbacks import TrainerCallback
 
-from .common import is_cuda, peak_memory_bytes, sync
+from .common import heap_in_use_bytes, is_cuda, peak_memory_bytes, reset_peak_memory, sync
 
 
 class StepClock(TrainerCallback):
@@ -26,6 +26,19 @@ class StepClock(TrainerCallback):
         self.stamps.append(time.perf_counter())
         if self.then is not None:
             self.then()
+
+
+class HeldAfterBackward(TrainerCallback):
+    """CPU: the most the C heap held at the end of a backward pass (weights, optimizer state and whatever
+    gradients are still alive), over the steps."""
+
+    def __init__(self):
+        self.most: int | None = None
+
+    def on_after_backward(self, trainer) -> None:
+        held = heap_in_use_bytes()
+        if held is not None:
+            self.most = max(self.most or 0, held)
 
 
 def _repeat_rates(stamps: list[float], t_start: float, warmup: int, steps: int, repeats: int) -> list[float]:
@@ -44,12 +57,11 @@ def measure_training(config, warmup: int, steps: int, repeats: int, flops: bool 
 
     from cartoonify.training.run import build_trainer
 
-    clock = StepClock()
+    clock, held = StepClock(), HeldAfterBackward()
     total = warmup + steps * repeats
-    trainer = build_trainer(config.replace(max_train_steps=total), progress=False, callbacks=[clock])
+    trainer = build_trainer(config.replace(max_train_steps=total), progress=False, callbacks=[clock, held])
     device = trainer.accelerator.device
-    if is_cuda(device):
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak_memory(device)  # the training steps only, not loading the model
     t_start = time.perf_counter()
     trainer.run()
     ends = [t_start] + clock.stamps  # ends[i]: when step i finished (ends[0]: the start)
@@ -64,6 +76,8 @@ def measure_training(config, warmup: int, steps: int, repeats: int, flops: bool 
         "optimizer": trainer.optimizer_name,
         "device": str(device),
     }
+    if not is_cuda(device) and held.most is not None:
+        out["held_after_backward_bytes"] = held.most
     if flops:
         out.update(measure_mfu(trainer, out["steps_per_s"]))
     return out

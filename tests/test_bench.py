@@ -149,3 +149,27 @@ def test_stage_clock_times_saves_and_validations_through_the_callbacks(small_con
     build_trainer(config, progress=False, callbacks=[clock]).run()
     assert len(clock.saves) == 2 and len(clock.validations) == 2
     assert all(s > 0 for s in clock.saves + clock.validations) and clock.final > 0
+
+
+def test_gpu_script_names_only_known_variants_and_fits_its_budgets():
+    """A typo in benchmarks/gpu.sh would cost a device lease: every --only name is an sd15 variant, each sd15
+    variant is run by one of its calls, and the budgets add up to the 8 minutes it promises."""
+    import re
+    import shlex
+
+    from benchmarks.suite import SD15_VARIANTS
+
+    script = (Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.sh").read_text()
+    commands = [shlex.split(c.replace("\\\n", " ")) for c in re.findall(r"python3 -m benchmarks\.bench (?:.|\\\n)*?(?<!\\)\n",
+                                                                          script)]
+    named = []
+    for argv in commands:
+        if "--only" in argv:
+            i = argv.index("--only") + 1
+            while i < len(argv) and not argv[i].startswith("-"):
+                named.append(argv[i])
+                i += 1
+    assert named and all(n in SD15_VARIANTS for n in named), [n for n in named if n not in SD15_VARIANTS]
+    assert sorted(named) == sorted(SD15_VARIANTS)  # each once
+    fixed = [float(argv[argv.index("--budget") + 1]) for argv in commands if argv[argv.index("--budget") + 1].isdigit()]
+    assert sum(fixed) <= 470 and re.search(r"left=\$\(\( 470 - ", script)

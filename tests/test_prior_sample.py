@@ -151,3 +151,31 @@ def test_image_grid_layout():
     assert image_grid(ims, cols=2).size == (22, 18)
     with pytest.raises(ValueError):
         image_grid(ims, rows=1, cols=2)
+
+
+def test_compile_unet_generates_class_images_with_the_compiled_unet_and_its_mode(tiny_model, tmp_path, monkeypatch):
+    """``compile_unet`` reaches class-image generation, with ``compile_mode`` (reduce-overhead: CUDA graphs),
+    and the training step gets the same mode. torch.compile is recorded here (compiling takes minutes on a
+    CPU; tests/test_compile.py compiles for real)."""
+    from cartoonify.config import TrainConfig
+    from cartoonify.data.prior import ensure_class_images
+    from cartoonify.training.setup import apply_speed_settings
+
+    calls = []
+
+    def record(fn, **kwargs):
+        calls.append((fn, kwargs))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", record)
+    config = TrainConfig(pretrained_model=str(tiny_model), class_dir=str(tmp_path / "class"), num_class_images=2,
+                         sample_batch_size=2, class_inference_steps=2, prior_generation_precision="fp32",
+                         resolution=64, compile_unet=True, compile_mode="reduce-overhead")
+    assert len(ensure_class_images(config, "cpu", progress=False)) == 2
+    assert len(calls) == 1 and type(calls[0][0]).__name__ == "UNet2DConditionModel"
+    assert calls[0][1] == {"mode": "reduce-overhead"}
+    unet = torch.nn.Linear(2, 2)
+    apply_speed_settings(config, unet, torch.device("cpu"))
+    assert calls[1][1] == {"mode": "reduce-overhead"} and unet._eager_forward is not None
+    apply_speed_settings(config.replace(compile_mode="default"), torch.nn.Linear(2, 2), torch.device("cpu"))
+    assert calls[2][1] == {}  # torch's default mode

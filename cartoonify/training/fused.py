@@ -21,6 +21,8 @@ What changes, and is therefore stated here once:
   stops with the non-finite error, as in the plain mode.
 - **Gradient accumulation** keeps gradients across micro-batches: the hooks update only on the last
   micro-batch of a step, so the memory saved is the same but no more.
+- **Eager mode.** With ``compile_unet`` the UNet's backward is one compiled graph whose gradients come out
+  together, so they do exist at once before the hooks free them; the memory is saved in eager mode.
 - **One process.** Under DDP a gradient is averaged across processes after its hook has run, so the mode is
   refused with several processes.
 """
@@ -34,20 +36,41 @@ import torch
 CLIP_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
 
 
-def step_one_parameter(optimizer: torch.optim.Optimizer, param: torch.nn.Parameter, group_index: int) -> None:
-    """``optimizer.step()`` for ``param`` alone (which must be in ``optimizer.param_groups[group_index]``).
+def step_one_parameter(optimizer: torch.optim.Optimizer, param: torch.nn.Parameter, group_index: int,
+                       param_index: int = 0) -> None:
+    """``optimizer.step()`` for ``param`` alone (``optimizer.param_groups[group_index]["params"][param_index]``).
 
-    The optimizer sees a single group holding ``param`` with its group's settings (learning rate as the LR
-    scheduler left it); its state (``optimizer.state[param]``) is its own, so the update is the one a full
-    step would make for this parameter. Works for any optimizer whose update is per parameter (AdamW,
-    bitsandbytes' 8-bit optimizers).
+    bitsandbytes' optimizers (without paged state) update one tensor through their own per-tensor
+    ``update_step``, as their ``step()`` does for each in turn. Any other optimizer is stepped while it sees a
+    single group holding ``param`` with its group's settings (learning rate as the LR scheduler left it).
+    Either way the state (``optimizer.state[param]``) is its own, so the update is the one a full step would
+    make for this parameter; it suits any optimizer whose update is per parameter (AdamW and its kin).
     """
+    if hasattr(optimizer, "update_step") and hasattr(optimizer, "init_state") and not getattr(optimizer, "is_paged", True):
+        _bnb_step_one(optimizer, param, group_index, param_index)
+        return
     groups = optimizer.param_groups
     optimizer.param_groups = [{**groups[group_index], "params": [param]}]
     try:
         optimizer.step()
     finally:
         optimizer.param_groups = groups
+
+
+def _bnb_step_one(optimizer, param, group_index: int, param_index: int) -> None:
+    if not optimizer.initialized:
+        optimizer.check_overrides()
+        optimizer.to_gpu()
+        optimizer.initialized = True
+    group = optimizer.param_groups[group_index]
+    if len(optimizer.state[param]) == 0:
+        optimizer.init_state(group, param, group_index, param_index)
+    deferred = hasattr(optimizer, "_step_deferred")  # AdamW8bitFusedSmall: 32-bit tensors go through torch's AdamW
+    if deferred:
+        optimizer._deferred = {}
+    optimizer.update_step(group, param, group_index, param_index)
+    if deferred:
+        optimizer._step_deferred()
 
 
 def update_loss_scale(scaler, found_inf: bool) -> None:
@@ -70,11 +93,11 @@ class FusedBackward:
         self.optimizer = optimizer
         self.max_grad_norm = float(max_grad_norm)
         self.scaler = scaler
-        self.group_of: dict[int, int] = {}
+        self.index_of: dict[int, tuple[int, int]] = {}  # id(param) -> (group index, index in the group)
         self.handles = []
-        for index, group in enumerate(optimizer.param_groups):
-            for p in group["params"]:
-                self.group_of[id(p)] = index
+        for gindex, group in enumerate(optimizer.param_groups):
+            for pindex, p in enumerate(group["params"]):
+                self.index_of[id(p)] = (gindex, pindex)
                 self.handles.append(p.register_post_accumulate_grad_hook(self._hook))
         self.armed = False
         self.inv_scale = 1.0
@@ -108,7 +131,7 @@ class FusedBackward:
             return
         if self.max_grad_norm > 0:
             grad.mul_(torch.clamp(self.max_grad_norm / (norm + CLIP_EPS), max=1.0).to(grad.dtype))
-        step_one_parameter(self.optimizer, param, self.group_of[id(param)])
+        step_one_parameter(self.optimizer, param, *self.index_of[id(param)])
         param.grad = None
 
     def finish(self) -> torch.Tensor:

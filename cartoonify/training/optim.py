@@ -53,24 +53,7 @@ def fused_small_class() -> type:
             state needs: a paged optimizer takes bitsandbytes' own loop); the 32-bit tensors are deferred to
             one fused call."""
             self._deferred: dict[tuple, list[torch.Tensor]] = {}
-            if self.is_paged:
-                loss = super().step(closure)
-            else:
-                loss = None
-                if closure is not None:
-                    with torch.enable_grad():
-                        loss = closure()
-                if not self.initialized:
-                    self.check_overrides()
-                    self.to_gpu()
-                    self.initialized = True
-                for gindex, group in enumerate(self.param_groups):
-                    for pindex, p in enumerate(group["params"]):
-                        if p.grad is None:
-                            continue
-                        if len(self.state[p]) == 0:
-                            self.init_state(group, p, gindex, pindex)
-                        self.update_step(group, p, gindex, pindex)
+            loss = super().step(closure) if self.is_paged else step_without_sync(self, closure)
             self._step_deferred()
             return loss
 
@@ -99,29 +82,44 @@ def fused_small_class() -> type:
 
         @torch.no_grad()
         def _step_deferred(self) -> None:
-            for (step, device, lr, (beta1, beta2), eps, weight_decay), params in self._deferred.items():
-                states = [self.state[p] for p in params]
-                # the fused kernel adds 1 to each step tensor before it uses it
-                steps = [torch.tensor(float(step - 1), device=device) for _ in params]
-                _adamw(
-                    params,
-                    [p.grad for p in params],
-                    [s["state1"] for s in states],
-                    [s["state2"] for s in states],
-                    [],
-                    steps,
-                    fused=True,
-                    amsgrad=False,
-                    beta1=beta1,
-                    beta2=beta2,
-                    lr=lr,
-                    weight_decay=weight_decay,
-                    eps=eps,
-                    maximize=False,
-                )
+            update_32bit_together(self.state, self._deferred)
             self._deferred = {}
 
     return AdamW8bitFusedSmall
+
+
+@torch.no_grad()
+def update_32bit_together(state: dict, deferred: dict[tuple, list[torch.Tensor]]) -> None:
+    """torch's fused AdamW over the tensors of each (step, device, lr, betas, eps, weight decay) key, with their
+    bitsandbytes state (``state1``, ``state2``)."""
+    for (step, device, lr, (beta1, beta2), eps, weight_decay), params in deferred.items():
+        states = [state[p] for p in params]
+        # the fused kernel adds 1 to each step tensor before it uses it
+        steps = [torch.tensor(float(step - 1), device=device) for _ in params]
+        _adamw(params, [p.grad for p in params], [s["state1"] for s in states], [s["state2"] for s in states], [],
+               steps, fused=True, amsgrad=False, beta1=beta1, beta2=beta2, lr=lr, weight_decay=weight_decay,
+               eps=eps, maximize=False)
+
+
+def step_without_sync(optimizer, closure=None):
+    """bitsandbytes' ``Optimizer8bit.step`` loop (initialise, then ``update_step`` per tensor with a gradient)
+    without its ``sync_gpu`` after every tensor; for optimizers without paged state."""
+    loss = None
+    if closure is not None:
+        with torch.enable_grad():
+            loss = closure()
+    if not optimizer.initialized:
+        optimizer.check_overrides()
+        optimizer.to_gpu()
+        optimizer.initialized = True
+    for gindex, group in enumerate(optimizer.param_groups):
+        for pindex, p in enumerate(group["params"]):
+            if p.grad is None:
+                continue
+            if len(optimizer.state[p]) == 0:
+                optimizer.init_state(group, p, gindex, pindex)
+            optimizer.update_step(group, p, gindex, pindex)
+    return loss
 
 
 def build_optimizer(params, config: TrainConfig, device: torch.device | str = "cpu") -> torch.optim.Optimizer:

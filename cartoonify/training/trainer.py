@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +20,8 @@ from torch.profiler import record_function
 from ..config import TrainConfig
 from ..models import make_scheduler, move_module, pipeline_from_modules
 from ..runs import RunLayout, list_checkpoints
-from .background import BackgroundSaver
 from .callbacks import CallbackList
-from .checkpoint import (
-    TEXT_ENCODER,
-    UNET,
-    CheckpointParts,
-    TrainState,
-    capture_files,
-    drop_resume_states,
-    prune_checkpoints,
-    restore_checkpoint,
-    save_checkpoint,
-)
+from .checkpoint import TEXT_ENCODER, UNET, CheckpointParts, TrainState, drop_resume_states, restore_checkpoint
 from .disk import check_disk, disk_plan, plan_message
 from .errors import NonFiniteLossError, TrainingOutOfMemoryError, nonfinite_message, oom_message
 from .export import save_pipeline
@@ -41,6 +30,7 @@ from .setup import eager_unet
 from .logs import SCALARS, LossLog, step_row
 from .lora import trainable_parameters
 from .objective import REGIONS, training_step
+from .saving import Checkpointer
 from .validation import validate
 
 logger = logging.getLogger(__name__)
@@ -118,6 +108,17 @@ def init_trackers(accelerator, config: TrainConfig, global_step: int) -> None:
     accelerator.init_trackers("dreambooth", config=hparams, init_kwargs=kwargs)
 
 
+def clip_gradients(accelerator, params, max_grad_norm: float) -> torch.Tensor:
+    """Global-norm clipping to ``max_grad_norm`` (0: none, the gradients only unscaled); returns the norm
+    before clipping."""
+    with record_function(REGIONS["clip"]):
+        if max_grad_norm > 0:
+            return accelerator.clip_grad_norm_(params, max_grad_norm)
+        accelerator.unscale_gradients()
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float())
+                                                     for p in params if p.grad is not None]))
+
+
 class DreamBoothTrainer:
     """Trains to ``max_train_steps``, checkpointing and validating every ``checkpointing_steps``.
 
@@ -133,8 +134,8 @@ class DreamBoothTrainer:
         self.progress = progress
         self.state = TrainState()
         self.resumed_from: Path | None = None
-        background = config.background_saves and components.accelerator.num_processes == 1
-        self.saver = BackgroundSaver() if background else None
+        self.checkpointer = Checkpointer(self.layout, config, components.accelerator,
+                                         lambda hook, *args: self.callbacks.fire(hook, self, *args))
         self.heldout_monitor: HeldoutMonitor | None = None
         acc = components.accelerator
         self.generator = torch.Generator(device=acc.device).manual_seed(config.seed + acc.process_index)
@@ -175,41 +176,9 @@ class DreamBoothTrainer:
                                lora=self.config.train_mode == "lora")
 
     def save_checkpoint(self) -> Path:
-        """Save ``checkpoints/checkpoint-<step>`` (fp16 weights and the full resume state), then prune old
-        checkpoints and drop the resume state of all but the newest ``keep_resume_states``. With
-        ``background_saves`` (one process) the state is captured now and written by a thread while training
-        goes on (:mod:`cartoonify.training.background`); the folder is returned before it exists."""
-        self.collect_saves(wait=True)  # one write in flight at a time
-        info = {"epoch": self.epoch, "optimizer": self.optimizer_name}
-        parts, state = self._parts(), replace(self.state)
-        path = self.layout.checkpoint(state.global_step)
-        if self.saver is not None:
-            jobs = capture_files(parts, copy=True)
-            self.saver.submit(lambda: self._write_checkpoint(parts, state, info, jobs))
-            self.callbacks.fire("on_checkpoint_captured", self, path)
-            return path
-        self._write_checkpoint(parts, state, info, None)
-        self.accelerator.wait_for_everyone()
-        self.callbacks.fire("on_checkpoint_captured", self, path)
-        self.callbacks.fire("on_checkpoint_saved", self, path)
-        return path
-
-    def _write_checkpoint(self, parts: CheckpointParts, state: TrainState, info: dict, jobs) -> Path:
-        path = save_checkpoint(self.layout, parts, state, info, jobs=jobs,
-                               on_file=lambda p: self.callbacks.fire("on_checkpoint_file", self, p))
-        if self.accelerator.is_main_process:
-            prune_checkpoints(self.layout, self.config.checkpoints_total_limit)
-            drop_resume_states(self.layout, self.config.keep_resume_states)
-        return path
-
-    def collect_saves(self, wait: bool = False) -> None:
-        """Collect a finished background write (``wait``: wait for the one in flight): ``on_checkpoint_saved``
-        fires, and a write error is raised here."""
-        if self.saver is None:
-            return
-        path = self.saver.wait() if wait else self.saver.poll()
-        if path is not None:
-            self.callbacks.fire("on_checkpoint_saved", self, path)
+        """Save ``checkpoints/checkpoint-<step>`` (:meth:`Checkpointer.save <cartoonify.training.saving.Checkpointer.save>`:
+        in the background by default, with one process)."""
+        return self.checkpointer.save(self._parts(), self.state, {"epoch": self.epoch, "optimizer": self.optimizer_name})
 
     def _resume(self, which: str) -> None:
         restored = restore_checkpoint(self.layout, which, self._parts(), self.model_path, self.config.allow_pickle,
@@ -277,13 +246,13 @@ class DreamBoothTrainer:
         try:
             self.callbacks.fire("on_train_begin", self)
             if self.heldout_monitor and not self.heldout_monitor.has(self.global_step):
-                self.measure_heldout(result)  # step 0 (or a checkpoint whose row a kill left unwritten)
+                measure_heldout(self, result)  # step 0 (or a checkpoint whose row a kill left unwritten)
             if c.validate_at_start and self.global_step == 0 and c.num_validation_images and acc.is_main_process:
                 result.validation_dirs.append(self.validate())  # the base model, as step 0
             self._train_loop(result, log)
             if result.steps_run and self.global_step % c.checkpointing_steps != 0:
                 self._checkpoint_and_validate(result)  # the end of a run off the checkpoint grid
-            self.collect_saves(wait=True)
+            self.checkpointer.collect(wait=True)
             if c.save_final_pipeline and acc.is_main_process:
                 result.pipeline_dir = self.save_pipeline()
             if acc.is_main_process and not c.keep_resume_at_end and self.global_step >= c.max_train_steps:
@@ -291,11 +260,11 @@ class DreamBoothTrainer:
             acc.wait_for_everyone()
             self.callbacks.fire("on_train_end", self)
         except torch.cuda.OutOfMemoryError as err:
-            self._finish_saves_quietly()
+            self.checkpointer.finish_quietly()
             raise TrainingOutOfMemoryError(
                 oom_message(c, self.global_step, list_checkpoints(self.run_dir), err)) from err
         except BaseException:
-            self._finish_saves_quietly()  # a checkpoint being written is completed before the error propagates
+            self.checkpointer.finish_quietly()  # a checkpoint being written is completed before the error propagates
             raise
         finally:
             for csv_log in (log, self.heldout_monitor):
@@ -304,12 +273,6 @@ class DreamBoothTrainer:
             acc.end_training()
         result.global_step = self.global_step
         return result
-
-    def _finish_saves_quietly(self) -> None:
-        try:
-            self.collect_saves(wait=True)
-        except Exception as err:  # the error already propagating is the one to report
-            logger.error("the checkpoint being written in the background failed too: %s", err)
 
     def _train_loop(self, result: TrainResult, log: LossLog | None) -> None:
         from tqdm.auto import tqdm
@@ -338,7 +301,7 @@ class DreamBoothTrainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
                 self.callbacks.fire("on_step_end", self, row)
-                self.collect_saves()  # a background write that has finished
+                self.checkpointer.collect()  # a background write that has finished
                 if self.global_step % c.checkpointing_steps == 0:
                     self._checkpoint_and_validate(result)
         finally:
@@ -365,7 +328,7 @@ class DreamBoothTrainer:
                     acc.backward(loss)
                 self.callbacks.fire("on_after_backward", self)
                 if acc.sync_gradients:
-                    grad_norm = self._clip(params) if fused is None else fused.finish()
+                    grad_norm = clip_gradients(acc, params, c.max_grad_norm) if fused is None else fused.finish()
                     if acc.scaler is None and not torch.isfinite(grad_norm):
                         # without a grad scaler to skip it, this update would write NaN into the weights
                         self.state.global_step += 1
@@ -384,37 +347,13 @@ class DreamBoothTrainer:
             if acc.sync_gradients:
                 return losses, grad_norm
 
-    def _clip(self, params) -> torch.Tensor:
-        """Global-norm clipping to ``max_grad_norm`` (0: none); returns the norm before clipping."""
-        with record_function(REGIONS["clip"]):
-            if self.config.max_grad_norm > 0:
-                return self.accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
-            self.accelerator.unscale_gradients()
-            return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float())
-                                                         for p in params if p.grad is not None]))
-
     def _checkpoint_and_validate(self, result: TrainResult) -> None:
         result.checkpoints.append(self.save_checkpoint())
-        how = "being written in the background" if self.saver is not None else "saved"
+        how = "being written in the background" if self.checkpointer.background else "saved"
         self.log(f"{result.checkpoints[-1]} {how}")
-        self.measure_heldout(result)
+        measure_heldout(self, result)
         if self.config.num_validation_images and self.accelerator.is_main_process:
             result.validation_dirs.append(self.validate())
-
-    def measure_heldout(self, result: TrainResult | None = None) -> dict | None:
-        """The held-out losses of the current weights, logged to the CSV and TensorBoard (main process;
-        None when holdout_images is 0). See :mod:`cartoonify.training.heldout`."""
-        if self.heldout_monitor is None:
-            return None
-        with eager_unet(self.unwrap(self.unet)):
-            row = self.heldout_monitor.measure(self.unwrap(self.unet), self.unwrap(self.text_encoder),
-                                               self.noise_scheduler, self.global_step, self.weight_dtype)
-        scalars = {f"heldout/{k}": v for k in ("instance", "class") if (v := row[f"heldout_{k}"]) is not None}
-        self.accelerator.log(scalars, step=self.global_step)
-        self.log(f"held-out loss at step {self.global_step}: " + ", ".join(f"{k} {v:.5f}" for k, v in scalars.items()))
-        if result is not None:
-            result.heldout_instance, result.heldout_class = row["heldout_instance"], row["heldout_class"]
-        return row
 
     def _row(self, losses, grad_norm) -> dict[str, Any]:
         """The log row of the step just taken (:func:`~cartoonify.training.logs.step_row`)."""
@@ -426,3 +365,20 @@ class DreamBoothTrainer:
     def _nonfinite(self, value: float, what: str = "loss") -> str:
         return nonfinite_message(self.config, self.global_step, self.accelerator.mixed_precision,
                                  list_checkpoints(self.run_dir), value, what)
+
+
+def measure_heldout(trainer: "DreamBoothTrainer", result: TrainResult | None = None) -> dict | None:
+    """The held-out losses of the trainer's current weights, logged to the CSV and TensorBoard (main process;
+    None when holdout_images is 0). See :mod:`cartoonify.training.heldout`."""
+    monitor = trainer.heldout_monitor
+    if monitor is None:
+        return None
+    with eager_unet(trainer.unwrap(trainer.unet)):
+        row = monitor.measure(trainer.unwrap(trainer.unet), trainer.unwrap(trainer.text_encoder),
+                              trainer.noise_scheduler, trainer.global_step, trainer.weight_dtype)
+    scalars = {f"heldout/{k}": v for k in ("instance", "class") if (v := row[f"heldout_{k}"]) is not None}
+    trainer.accelerator.log(scalars, step=trainer.global_step)
+    trainer.log(f"held-out loss at step {trainer.global_step}: " + ", ".join(f"{k} {v:.5f}" for k, v in scalars.items()))
+    if result is not None:
+        result.heldout_instance, result.heldout_class = row["heldout_instance"], row["heldout_class"]
+    return row
