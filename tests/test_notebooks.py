@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import io
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -313,7 +314,8 @@ def test_notebooks_run_headless_and_leave_their_files(notebook_run):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
     assert _has_image_output(run / "notebooks" / "02_train.ipynb")
     train_out = _stdout(run / "notebooks" / "02_train.ipynb")  # TrainingProgress, through the callbacks
-    assert "training: 4 steps" in train_out and "step 2/4  checkpoint-2 saved" in train_out
+    assert "training: 4 steps" in train_out  # checkpoints are written in the background: saved at step 2 or after
+    assert re.search(r"step [234]/4  checkpoint-2 saved", train_out) and "checkpoint-4 saved" in train_out
     assert "training done: step 4/4" in train_out
     # 03_evaluate: no ratings under papermill, said once; scores of every step beside them, best by the scores
     out = _stdout(run / "notebooks" / "03_evaluate.ipynb")

@@ -132,6 +132,7 @@ class FusedBackward:
         if self.max_grad_norm > 0:
             grad.mul_(torch.clamp(self.max_grad_norm / (norm + CLIP_EPS), max=1.0).to(grad.dtype))
         step_one_parameter(self.optimizer, param, *self.index_of[id(param)])
+        self.optimizer._opt_called = True  # what optimizer.step() records: the LR scheduler's order check reads it
         param.grad = None
 
     def finish(self) -> torch.Tensor:
