@@ -14,16 +14,20 @@ from .common import heap_in_use_bytes, is_cuda, peak_memory_bytes, reset_peak_me
 
 
 class StepClock(TrainerCallback):
-    """Stamps the wall-clock time at the end of every optimizer step (after the device's work is done),
-    then calls ``then()`` if given."""
+    """Stamps the wall-clock time at the end of every optimizer step (after the device's work is done) and
+    reads the peak memory so far, then calls ``then()`` if given."""
 
     def __init__(self, then: Callable[[], Any] | None = None):
         self.stamps: list[float] = []
+        self.peak_memory = 0
         self.then = then
 
     def on_step_end(self, trainer, row) -> None:
         sync(trainer.accelerator.device)
         self.stamps.append(time.perf_counter())
+        # the peak so far, read at every step end: the last one is the steps' peak, before the run's closing
+        # checkpoint (whose host copies would otherwise count on a CPU)
+        self.peak_memory = peak_memory_bytes(trainer.accelerator.device)
         if self.then is not None:
             self.then()
 
@@ -72,7 +76,7 @@ def measure_training(config, warmup: int, steps: int, repeats: int, flops: bool 
         "steps_per_s_repeats": _repeat_rates(clock.stamps, t_start, warmup, steps, repeats),
         "step_seconds": step_seconds,
         "images_per_s": per_step_images / statistics.median(step_seconds),
-        "peak_memory_bytes": peak_memory_bytes(device),
+        "peak_memory_bytes": clock.peak_memory,
         "optimizer": trainer.optimizer_name,
         "device": str(device),
     }

@@ -224,3 +224,24 @@ def test_a_fused_run_resumes_exactly_and_lora_trains_fused(small_config, tmp_pat
     after = _weights(lora)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all("lora_" in k for k in changed), sorted(changed)[:5]
+
+
+def test_a_nonfinite_gradient_without_a_scaler_stops_the_fused_run_at_its_step(small_config, tmp_path):
+    """fp32 (no scaler): nothing waits for the device per parameter, so an inf gradient is applied, and the
+    trainer stops right after that backward pass naming the step; the last checkpoint is intact and no later
+    one is written."""
+    from cartoonify.runs import list_checkpoints, verify_checkpoint
+    from cartoonify.training.errors import NonFiniteLossError
+
+    class InfLoss(TrainerCallback):
+        def transform_loss(self, trainer, loss):
+            return loss * float("inf") if trainer.global_step + 1 == 3 else loss
+
+    config = small_config(output_dir=str(tmp_path / "inf"), fused_backward_pass=True, num_validation_images=0,
+                          max_train_steps=4, checkpointing_steps=2, save_final_pipeline=False)
+    trainer = build_trainer(config, progress=False, callbacks=[InfLoss()])
+    with pytest.raises(NonFiniteLossError, match="at step 3"):
+        trainer.run()
+    assert [c.name for c in list_checkpoints(config.output_dir)] == ["checkpoint-2"]
+    assert verify_checkpoint(list_checkpoints(config.output_dir)[0]) == []
+    assert trainer.fused_backward.handles == [] and not trainer.fused_backward.armed  # hooks removed

@@ -24,6 +24,17 @@ from pathlib import Path
 from typing import Callable
 
 
+_WRITERS: set[threading.Thread] = set()  # every writer thread still running, of any trainer in this process
+
+
+def wait_for_writers() -> None:
+    """Wait for checkpoint writes still running in this process: a notebook kernel whose run was interrupted
+    twice may have left one (it prunes and drops resume states when done), and a new run or a resume must
+    not start under it."""
+    for thread in list(_WRITERS):
+        thread.join()
+
+
 class BackgroundSaver:
     """At most one checkpoint write in flight, on a thread; results are collected on the training thread."""
 
@@ -50,9 +61,12 @@ class BackgroundSaver:
                 self._result = write()
             except BaseException as err:  # re-raised on the training thread by wait()/poll()
                 self._error = err
-            self.write_seconds.append(time.perf_counter() - t0)
+            finally:
+                self.write_seconds.append(time.perf_counter() - t0)
+                _WRITERS.discard(threading.current_thread())
 
         self._thread = threading.Thread(target=run, name="checkpoint-writer", daemon=False)
+        _WRITERS.add(self._thread)
         self._thread.start()
 
     def poll(self) -> Path | None:

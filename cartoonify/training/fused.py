@@ -17,8 +17,12 @@ What changes, and is therefore stated here once:
 - **fp16 loss scaling skips per parameter.** A gradient is unscaled when it is ready; one with an inf or
   NaN is dropped (that parameter is not updated) and the scale backs off after the backward pass as
   ``GradScaler.update`` does. The other parameters of that step are updated; in the plain mode the whole
-  step is skipped. Without a scaler (fp32, bf16), a non-finite gradient is never applied and the trainer
-  stops with the non-finite error, as in the plain mode.
+  step is skipped. The step counts as skipped (``skipped_steps``) and, as in the plain mode, the LR schedule
+  does not advance on it. Deciding per parameter waits for the device once per parameter (under fp16 only).
+- **Without a scaler** (fp32, bf16) nothing waits for the device: a non-finite gradient is applied like the
+  rest, and after the backward pass the trainer stops with the non-finite error naming the step (the plain
+  mode stops before applying it). Either way the run ends there and nothing of that step is saved; resume
+  from the last checkpoint.
 - **Gradient accumulation** keeps gradients across micro-batches: the hooks update only on the last
   micro-batch of a step, so the memory saved is the same but no more.
 - **Eager mode.** With ``compile_unet`` the UNet's backward is one compiled graph whose gradients come out
@@ -100,7 +104,7 @@ class FusedBackward:
                 self.index_of[id(p)] = (gindex, pindex)
                 self.handles.append(p.register_post_accumulate_grad_hook(self._hook))
         self.armed = False
-        self.inv_scale = 1.0
+        self.inv_scale: torch.Tensor | None = None
         self.norms: list[torch.Tensor] = []
         self.found_inf = False
         self.skipped = False  # the last step dropped a gradient (fp16 overflow)
@@ -114,19 +118,17 @@ class FusedBackward:
         self.armed = update
         if update:
             self.norms, self.found_inf = [], False
-            self.inv_scale = 1.0 / self.scaler.get_scale() if self.scaler is not None else 1.0
+            self.inv_scale = None  # the scaler's scale exists once backward has begun (scaler.scale(loss))
 
     @torch.no_grad()
     def _hook(self, param: torch.nn.Parameter) -> None:
         if not self.armed or param.grad is None:
             return
         grad = param.grad
-        if self.scaler is not None:
-            grad.mul_(self.inv_scale)
-        norm = torch.linalg.vector_norm(grad.float())
+        norm = self._unscaled_norm(grad)
         self.norms.append(norm)
-        if not torch.isfinite(norm):  # never applied: skipped (fp16) or reported by finish()
-            self.found_inf = True
+        if self.scaler is not None and not torch.isfinite(norm):  # a device sync: fp16 only
+            self.found_inf = True  # dropped; the scale backs off in finish()
             param.grad = None
             return
         if self.max_grad_norm > 0:
@@ -134,6 +136,15 @@ class FusedBackward:
         step_one_parameter(self.optimizer, param, *self.index_of[id(param)])
         self.optimizer._opt_called = True  # what optimizer.step() records: the LR scheduler's order check reads it
         param.grad = None
+
+    def _unscaled_norm(self, grad: torch.Tensor) -> torch.Tensor:
+        """Unscale ``grad`` in place (fp16: by the reciprocal of the scale, computed as GradScaler does, on
+        the device) and return its norm."""
+        if self.scaler is not None:
+            if self.inv_scale is None:
+                self.inv_scale = self.scaler._scale.double().reciprocal().float()
+            grad.mul_(self.inv_scale.to(grad.device))
+        return torch.linalg.vector_norm(grad.float())
 
     def finish(self) -> torch.Tensor:
         """After the backward pass of a step's last micro-batch: advance the loss scale and return the global
@@ -150,6 +161,8 @@ class FusedBackward:
         return torch.linalg.vector_norm(torch.stack(self.norms))
 
     def close(self) -> None:
+        """Remove the hooks (the end of a run, or an error in the middle of a backward pass)."""
+        self.armed = False
         for handle in self.handles:
             handle.remove()
         self.handles = []

@@ -95,7 +95,7 @@ def update_32bit_together(state: dict, deferred: dict[tuple, list[torch.Tensor]]
     for (step, device, lr, (beta1, beta2), eps, weight_decay), params in deferred.items():
         states = [state[p] for p in params]
         # the fused kernel adds 1 to each step tensor before it uses it
-        steps = [torch.tensor(float(step - 1), device=device) for _ in params]
+        steps = [torch.full((), step - 1.0, device=device) for _ in params]  # a fill, not a host copy (no sync)
         _adamw(params, [p.grad for p in params], [s["state1"] for s in states], [s["state2"] for s in states], [],
                steps, fused=True, amsgrad=False, beta1=beta1, beta2=beta2, lr=lr, weight_decay=weight_decay,
                eps=eps, maximize=False)

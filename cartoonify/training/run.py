@@ -25,6 +25,7 @@ from ..models import (
     resolve_model,
 )
 from .disk import human_bytes
+from .background import wait_for_writers
 from .fused import FusedBackward
 from .heldout import Holdout, build_heldout_sets, check_holdout_size, prepare_holdout
 from .lora import add_lora, trainable_parameters
@@ -154,6 +155,7 @@ def build_trainer(config: TrainConfig, *, progress: bool = True, callbacks: Sequ
     from accelerate.utils import set_seed
 
     config = config.validate()
+    wait_for_writers()  # a checkpoint of an interrupted run in this process, still being written
     preflight(config)  # every missing input or unreachable base model, one paragraph each, before anything is written
     run_dir = check_run_dir(config)
     check_holdout_size(config)  # before anything is written or generated

@@ -267,6 +267,8 @@ class DreamBoothTrainer:
             self.checkpointer.finish_quietly()  # a checkpoint being written is completed before the error propagates
             raise
         finally:
+            if self.fused_backward is not None:
+                self.fused_backward.close()
             for csv_log in (log, self.heldout_monitor):
                 if csv_log:
                     csv_log.close()
@@ -336,8 +338,9 @@ class DreamBoothTrainer:
                 if fused is None:
                     with record_function(REGIONS["optimizer"]):
                         self.optimizer.step()
-                skipped = self.optimizer.step_was_skipped if fused is None else fused.skipped
-                if acc.sync_gradients and skipped:
+                if fused is not None and acc.sync_gradients:
+                    self.optimizer._is_overflow = fused.skipped  # step_was_skipped: the LR holds, as in plain mode
+                if acc.sync_gradients and self.optimizer.step_was_skipped:
                     self.state.skipped_steps += 1  # the fp16 grad scaler found inf/NaN gradients
                 self.lr_scheduler.step()
                 with record_function(REGIONS["zero_grad"]):
@@ -363,6 +366,7 @@ class DreamBoothTrainer:
                         skipped_steps=self.state.skipped_steps)
 
     def _nonfinite(self, value: float, what: str = "loss") -> str:
+        self.checkpointer.finish_quietly()  # the message lists the checkpoints: the one being written included
         return nonfinite_message(self.config, self.global_step, self.accelerator.mixed_precision,
                                  list_checkpoints(self.run_dir), value, what)
 
