@@ -153,7 +153,7 @@ def test_sigkill_during_a_checkpoint_write(kill_config, uninterrupted):
     assert not (run / "checkpoints" / ".tmp-checkpoint-4").exists()
 
 
-@pytest.mark.parametrize("after", [2, 5])  # after unet/ and text_encoder/; after the optimizer's files
+@pytest.mark.parametrize("after", [2, pytest.param(5, marks=pytest.mark.slow)])  # after unet/ and text_encoder/; after the optimizer's files
 def test_sigkill_during_a_background_checkpoint_write(kill_config, uninterrupted, after):
     """The writer thread is killed while training has already gone on to step 5: checkpoint-4 is not a
     checkpoint (its temporary folder is), and the resumed run is bit-identical to the uninterrupted one."""

@@ -160,7 +160,7 @@ class GradsAfterBackward(TrainerCallback):
                               for p in m.parameters() if p.grad is not None))
 
 
-@pytest.mark.parametrize("accumulation", [1, 2])
+@pytest.mark.parametrize("accumulation", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_a_fused_run_equals_a_plain_run_with_clipping_off(small_config, tmp_path, accumulation):
     """The issue's check: the tiny model trained 3 steps (UNet and text encoder, 8-bit AdamW, prior
     preservation) with the optimizer in the backward pass gives the plain run's weights, losses and norms."""
