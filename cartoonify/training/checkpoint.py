@@ -162,10 +162,12 @@ def capture_files(parts: CheckpointParts, copy: bool) -> list[FileJob]:
     """This process's files of a checkpoint, as jobs that write them. With ``copy`` every job holds a CPU copy
     of its state taken now (a background writer then saves the state of this step while training goes on);
     without, the full-weight jobs read the live modules when they run. Optimizer, LR scheduler, grad scaler and
-    random generators are always captured now (:func:`~cartoonify.training.state.flatten_state` copies)."""
+    random generators are always captured now (:func:`~cartoonify.training.state.flatten_state` copies them)."""
     acc, jobs = parts.accelerator, []
     if acc.is_main_process and parts.lora:
-        adapters = {name: {k: v.clone() for k, v in adapter_state(m).items()} for name, m in parts.modules.items()}
+        adapters = {name: adapter_state(m) for name, m in parts.modules.items()}
+        if copy:  # on a CPU adapter_state's tensors are the live ones
+            adapters = {name: {k: v.clone() for k, v in state.items()} for name, state in adapters.items()}
         # for evaluation: diffusers' LoRA file (fp32, megabytes)
         jobs.append((LORA_WEIGHTS, lambda path: save_lora_file(path.parent, parts.modules, adapters)))
         for name, state in adapters.items():  # for resuming: peft's state of each adapter
@@ -180,19 +182,9 @@ def capture_files(parts: CheckpointParts, copy: bool) -> list[FileJob]:
              (GRAD_SCALER, parts.scaler.state_dict() if parts.scaler is not None else {})] if acc.is_main_process else []
     named.append((rng_file(acc.process_index), rng_states(parts.generator)))
     for name, state in named:
-        flat = flatten_state(copy_state(state))
+        flat = flatten_state(state)  # a new skeleton and copied tensors: training may change the originals
         jobs.append((f"{RESUME_DIR}/{name}", functools.partial(_save_flat, flat)))
     return jobs
-
-
-def copy_state(state: Any) -> Any:
-    """A deep copy of a state dict's Python structure (the LR scheduler's lists change in place); tensors are
-    copied by :func:`~cartoonify.training.state.flatten_state`."""
-    if isinstance(state, dict):
-        return {k: copy_state(v) for k, v in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(copy_state(v) for v in state)
-    return state
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:

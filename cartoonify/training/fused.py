@@ -10,8 +10,8 @@ checkpoint are the same as in the plain mode, and a run may be resumed in either
 What changes, and is therefore stated here once:
 
 - **Clipping is per parameter.** Global-norm clipping needs every gradient before any update; here a
-  parameter's gradient is clipped to ``max_grad_norm`` on its own (the coefficient ``max_grad_norm /
-  (norm + 1e-6)``, at most 1, as ``torch.nn.utils.clip_grad_norm_`` computes it for one tensor), as
+  parameter's gradient is clipped to ``max_grad_norm`` on its own (``torch.nn.utils.clip_grad_norm_`` of
+  that one tensor), as
   kohya's fused backward pass does. ``max_grad_norm: 0`` turns clipping off, in both modes. The logged
   ``grad_norm`` is still the global norm before clipping (from the per-parameter norms).
 - **fp16 loss scaling skips per parameter.** A gradient is unscaled when it is ready; one with an inf or
@@ -36,9 +36,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-
-CLIP_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
-
 
 def step_one_parameter(optimizer: torch.optim.Optimizer, param: torch.nn.Parameter, group_index: int,
                        param_index: int = 0) -> None:
@@ -125,26 +122,22 @@ class FusedBackward:
         if not self.armed or param.grad is None:
             return
         grad = param.grad
-        norm = self._unscaled_norm(grad)
+        if self.scaler is not None:
+            if self.inv_scale is None:  # the reciprocal as GradScaler computes it, on the device
+                self.inv_scale = self.scaler._scale.double().reciprocal().float()
+            grad.mul_(self.inv_scale.to(grad.device))
+        if self.max_grad_norm > 0:  # torch's clipping, of this one tensor; the norm before it
+            norm = torch.nn.utils.clip_grad_norm_([param], self.max_grad_norm)
+        else:
+            norm = torch.linalg.vector_norm(grad)
         self.norms.append(norm)
         if self.scaler is not None and not torch.isfinite(norm):  # a device sync: fp16 only
             self.found_inf = True  # dropped; the scale backs off in finish()
             param.grad = None
             return
-        if self.max_grad_norm > 0:
-            grad.mul_(torch.clamp(self.max_grad_norm / (norm + CLIP_EPS), max=1.0).to(grad.dtype))
         step_one_parameter(self.optimizer, param, *self.index_of[id(param)])
         self.optimizer._opt_called = True  # what optimizer.step() records: the LR scheduler's order check reads it
         param.grad = None
-
-    def _unscaled_norm(self, grad: torch.Tensor) -> torch.Tensor:
-        """Unscale ``grad`` in place (fp16: by the reciprocal of the scale, computed as GradScaler does, on
-        the device) and return its norm."""
-        if self.scaler is not None:
-            if self.inv_scale is None:
-                self.inv_scale = self.scaler._scale.double().reciprocal().float()
-            grad.mul_(self.inv_scale.to(grad.device))
-        return torch.linalg.vector_norm(grad.float())
 
     def finish(self) -> torch.Tensor:
         """After the backward pass of a step's last micro-batch: advance the loss scale and return the global
@@ -158,7 +151,7 @@ class FusedBackward:
             raise RuntimeError(f"fused_backward_pass: {len(missing)} parameter(s) kept a gradient after backward")
         if not self.norms:
             return torch.zeros(())
-        return torch.linalg.vector_norm(torch.stack(self.norms))
+        return torch.nn.utils.get_total_norm(self.norms)
 
     def close(self) -> None:
         """Remove the hooks (the end of a run, or an error in the middle of a backward pass)."""

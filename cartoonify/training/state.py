@@ -27,7 +27,7 @@ def flatten_state(obj: Any) -> tuple[Any, dict[str, torch.Tensor]]:
             if obj.numel() and ident in seen:
                 return {"__tensor__": seen[ident]}
             seen[ident] = prefix
-            tensors[prefix] = obj.detach().cpu().contiguous().clone()
+            tensors[prefix] = obj.detach().to("cpu", copy=True).contiguous()  # one copy, also of a device tensor
             return {"__tensor__": prefix}
         if isinstance(obj, np.ndarray):
             tensors[prefix] = torch.from_numpy(obj.astype(np.int64) if obj.dtype == np.uint32 else obj.copy())

@@ -115,8 +115,7 @@ def clip_gradients(accelerator, params, max_grad_norm: float) -> torch.Tensor:
         if max_grad_norm > 0:
             return accelerator.clip_grad_norm_(params, max_grad_norm)
         accelerator.unscale_gradients()
-        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float())
-                                                     for p in params if p.grad is not None]))
+        return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
 
 
 class DreamBoothTrainer:
